@@ -1,0 +1,1 @@
+"""titlegen's recipes: self-contained scripts that read top to bottom (``main(argv)`` in each)."""

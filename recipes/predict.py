@@ -1,0 +1,97 @@
+"""Write a title for every article of a jsonl file.
+
+    titlegen-predict --model outputs/tiny_offline --input public.jsonl --output submission.jsonl
+
+Input: the course's format (``id`` and ``maintext``; ``title`` is not needed). Output: one
+``{"title": ..., "id": ...}`` per line, in input order, UTF-8, written atomically. Preprocessing
+(max_source_length, source_prefix, column names) follows the model's run_config.yaml when it has one;
+decoding follows the model's generation_config.json unless a flag below overrides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PredictArguments:
+    model_name_or_path: str = field(
+        metadata={"help": "Model folder (or hub id) to generate with.", "aliases": ["--model"]}
+    )
+    input_file: str = field(metadata={"help": "jsonl of articles.", "aliases": ["--input"]})
+    output_file: str = field(metadata={"help": "jsonl of titles to write.", "aliases": ["--output"]})
+    text_column: str | None = field(default=None, metadata={"help": "Article field (default: as trained)."})
+    id_column: str | None = field(default=None, metadata={"help": "Id field (default: as trained)."})
+    source_prefix: str | None = field(default=None, metadata={"help": "Prefix (default: as trained)."})
+    max_source_length: int | None = field(default=None, metadata={"help": "Input tokens (default: as trained)."})
+    batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
+    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling strategies."})
+    num_beams: int | None = field(default=None, metadata={"help": "Beam width (1 = greedy)."})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title, in tokens."})
+    do_sample: bool | None = field(default=None, metadata={"help": "Sample instead of searching."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample from the k likeliest tokens."})
+    top_p: float | None = field(default=None, metadata={"help": "Sample from the smallest set of mass p."})
+    temperature: float | None = field(default=None, metadata={"help": "Softmax temperature for sampling."})
+    no_repeat_ngram_size: int | None = field(default=None, metadata={"help": "Forbid repeating n-grams."})
+    repetition_penalty: float | None = field(default=None, metadata={"help": "Penalty on repeated tokens."})
+    length_penalty: float | None = field(default=None, metadata={"help": "Beam score length exponent."})
+
+
+GENERATE_FLAGS = (
+    "num_beams", "max_new_tokens", "do_sample", "top_k", "top_p", "temperature",
+    "no_repeat_ngram_size", "repetition_penalty", "length_penalty",
+)  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from titlegen.cli import run
+
+    return run(predict, argv)
+
+
+def predict(argv: Sequence[str] | None = None) -> list[dict]:
+    from titlegen.config import parse_args
+
+    (args,) = parse_args((PredictArguments,), argv, description=__doc__)
+
+    import torch
+    from transformers import set_seed
+
+    from titlegen.data import check_distinct_paths, read_jsonl, write_jsonl
+    from titlegen.generation import generate_titles
+    from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
+
+    check_distinct_paths(args.input_file, args.output_file)
+    trained = trained_settings(args.model_name_or_path)
+    text_column = args.text_column or trained["text_column"]
+    id_column = args.id_column or trained["id_column"]
+    records = read_jsonl(args.input_file, fields=(id_column, text_column), id_field=id_column)
+
+    if not torch.cuda.is_available():
+        configure_cpu()
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(args.model_name_or_path)
+    model = load_model(args.model_name_or_path)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    generate_kwargs = {name: getattr(args, name) for name in GENERATE_FLAGS if getattr(args, name) is not None}
+    titles = generate_titles(
+        model,
+        tokenizer,
+        [r[text_column] for r in records],
+        batch_size=args.batch_size,
+        max_source_length=args.max_source_length or trained["max_source_length"],
+        source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
+        bf16=args.bf16,
+        **generate_kwargs,
+    )
+    predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records)]
+    write_jsonl(args.output_file, predictions)
+    print(f"wrote {len(predictions)} titles to {args.output_file}")
+    return predictions
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Fine-tune a seq2seq model to write news titles from articles.
+
+    titlegen-train --config trainer_args/tiny_offline.yaml [--key value ...]
+
+Reads the course's jsonl (id, maintext, title), trains with transformers' Seq2SeqTrainer, scores
+each evaluation with tw_rouge, and writes to output_dir: the final model and tokenizer (loadable with
+``from_pretrained``), run_config.yaml (re-runnable with ``--config``), train/eval metrics JSON,
+eval_predictions.jsonl, trainer_state.json and checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("titlegen.train")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from titlegen.cli import run
+
+    return run(train, argv)
+
+
+def train(argv: Sequence[str] | None = None) -> dict:
+    from transformers import Seq2SeqTrainingArguments
+
+    from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
+
+    model_args, data_args, run_args, training_args = parse_args(
+        (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments), argv, description=__doc__
+    )
+    # Heavy imports after parsing, so that --help answers at once.
+    import torch
+    import transformers
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, set_seed
+
+    from titlegen import TitlegenError, __version__
+    from titlegen.config import resolved_config, save_config
+    from titlegen.data import read_jsonl, split_records, write_jsonl
+    from titlegen.generation import decode_titles, title_generation_config
+    from titlegen.metrics import build_compute_metrics, get_segmenter
+    from titlegen.modeling import (
+        build_model,
+        configure_cpu,
+        count_parameters,
+        freeze_encoder,
+        load_model,
+        load_tokenizer,
+    )
+    from titlegen.preprocessing import make_tokenize_fn
+    from titlegen.tokenizer import train_tokenizer
+
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    output_dir = Path(training_args.output_dir)
+    checkpoint = _checkpoint_to_resume(output_dir, run_args.resume)
+    if not torch.cuda.is_available():
+        configure_cpu(run_args.flush_denormal)
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
+    set_seed(training_args.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(
+        output_dir / "run_config.yaml",
+        resolved_config(model_args, data_args, run_args, training_args),
+        header=f"Resolved settings of this run (titlegen {__version__}, transformers {transformers.__version__}, "
+        f"torch {torch.__version__}).\nReproduce it with: titlegen-train --config {output_dir}/run_config.yaml",
+    )
+
+    # Data: validated at the edge, with file and line in every error.
+    columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
+    if not data_args.train_file:
+        raise TitlegenError("train_file is not set (in the config or as --train_file)")
+    train_records = read_jsonl(data_args.train_file, fields=columns, id_field=data_args.id_column)
+    if data_args.validation_file:
+        eval_records = read_jsonl(data_args.validation_file, fields=columns, id_field=data_args.id_column)
+    else:
+        train_records, eval_records = split_records(
+            train_records, data_args.validation_split_percentage, training_args.seed
+        )
+    train_records = train_records[: data_args.max_train_samples]
+    eval_records = eval_records[: data_args.max_eval_samples]
+
+    # Tokenizer and model: pretrained, or built from a config with a tokenizer trained on this data.
+    if model_args.model_name_or_path:
+        tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
+        model = load_model(model_args.model_name_or_path, model_args.cache_dir)
+    else:
+        tokenizer_dir = output_dir / "tokenizer"
+        if model_args.tokenizer_name:
+            tokenizer = load_tokenizer(model_args.tokenizer_name, model_args.cache_dir)
+        elif checkpoint and tokenizer_dir.is_dir():
+            tokenizer = load_tokenizer(str(tokenizer_dir))
+        else:
+            logger.info("training a %d-token SentencePiece tokenizer on %s", model_args.tokenizer_vocab_size,
+                        data_args.train_file)
+            texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
+            tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=model_args.tokenizer_vocab_size)
+        model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
+    if model_args.freeze_encoder:
+        logger.info("froze %d encoder parameters", freeze_encoder(model))
+    trainable, total = count_parameters(model)
+    logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
+    model.generation_config = title_generation_config(
+        model, data_args.max_target_length, training_args.generation_num_beams or 1
+    )
+
+    tokenize = make_tokenize_fn(
+        tokenizer,
+        data_args.text_column,
+        data_args.summary_column,
+        data_args.max_source_length,
+        data_args.max_target_length,
+        data_args.source_prefix,
+    )
+    with training_args.main_process_first(desc="tokenizing"):
+        train_dataset = Dataset.from_list(train_records).map(
+            tokenize, batched=True, remove_columns=list(train_records[0]), desc="tokenizing train"
+        )
+        eval_dataset = Dataset.from_list(eval_records).map(
+            tokenize, batched=True, remove_columns=list(eval_records[0]), desc="tokenizing validation"
+        )
+
+    callbacks = []
+    if run_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        compute_metrics=(
+            build_compute_metrics(tokenizer, get_segmenter(run_args.segmenter))
+            if training_args.predict_with_generate
+            else None
+        ),
+        callbacks=callbacks,
+    )
+
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    trainer.save_state()
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+
+    # Final evaluation, keeping the generated titles next to the model.
+    prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    trainer.log_metrics("eval", prediction.metrics)
+    trainer.save_metrics("eval", prediction.metrics)
+    if training_args.predict_with_generate and trainer.is_world_process_zero():
+        titles = decode_titles(tokenizer, prediction.predictions)
+        write_jsonl(
+            output_dir / "eval_predictions.jsonl",
+            ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records)),
+        )
+    return {**result.metrics, **prediction.metrics}
+
+
+def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
+    """The latest checkpoint when resuming; refuses to train over an earlier run otherwise."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from titlegen import TitlegenError
+
+    if not output_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(output_dir))
+    if resume:
+        if last is None:
+            logger.info("no checkpoint in %s: starting from the beginning", output_dir)
+        return last
+    if any(p.name != "runs" for p in output_dir.iterdir()):
+        raise TitlegenError(
+            f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"
+        )
+    return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,58 @@
+"""Shared fixtures: a tokenizer trained on the fixture articles and a tiny model trained by the recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).parent / "assets"
+ARTICLES = ASSETS / "articles.jsonl"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# A model small enough to train in seconds, with mT5's real architecture.
+TINY_MODEL = "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1,num_decoder_layers=1,dropout_rate=0.0"
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
+    """Arguments for a few-second training run of the offline config on the fixture articles."""
+    return [
+        "--config", str(ROOT / "trainer_args" / "tiny_offline.yaml"),
+        "--train_file", str(ARTICLES),
+        "--validation_file", str(ARTICLES),
+        "--output_dir", str(output_dir),
+        "--tokenizer_vocab_size", "1000",
+        "--config_overrides", TINY_MODEL,
+        "--num_train_epochs", "2",
+        "--per_device_train_batch_size", "4",
+        "--max_target_length", "16",
+        "--learning_rate", "1e-2",
+        "--report_to", "none",
+        "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    from titlegen.tokenizer import train_tokenizer
+
+    records = read_lines(ARTICLES)
+    texts = [r[c] for r in records for c in ("maintext", "title")]
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tokenizer"), vocab_size=1000)
+
+
+@pytest.fixture(scope="session")
+def trained_dir(tmp_path_factory) -> Path:
+    """A model folder written by the training recipe (2 epochs on the fixture articles)."""
+    from recipes.train import train
+
+    output_dir = tmp_path_factory.mktemp("run") / "tiny"
+    train(tiny_train_args(output_dir))
+    return output_dir

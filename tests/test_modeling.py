@@ -1,0 +1,90 @@
+import math
+
+import pytest
+import torch
+
+from titlegen import TitlegenError
+from titlegen.modeling import build_model, count_parameters, freeze_encoder, load_model, load_tokenizer
+
+SMALL = "d_model=256,d_kv=32,d_ff=512,num_heads=4,num_layers=2,num_decoder_layers=2"
+
+
+def initial_loss(model, vocab_size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = torch.randint(3, vocab_size, (8, 40), generator=g)
+    labels = torch.randint(3, vocab_size, (8, 12), generator=g)
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=inputs, labels=labels)
+    return out.loss.item(), out.logits.std().item()
+
+
+def test_a_model_built_from_config_starts_near_a_uniform_guess(tokenizer):
+    torch.manual_seed(0)
+    model = build_model("mt5", tokenizer, SMALL)
+    assert model.config.vocab_size == len(tokenizer)
+    loss, logit_std = initial_loss(model, len(tokenizer))
+    assert abs(loss - math.log(len(tokenizer))) < 1.0, loss
+    assert logit_std < 2.0
+
+
+def test_without_the_fix_the_initial_loss_is_far_off(tokenizer):
+    """Guards the reason for fix_tied_output_scale: a bare config starts with huge logits."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("mt5", vocab_size=len(tokenizer))
+    config.update_from_string(SMALL)
+    loss, _ = initial_loss(AutoModelForSeq2SeqLM.from_config(config), len(tokenizer))
+    assert loss > 5 * math.log(len(tokenizer))
+
+
+def test_bad_config_overrides_are_reported(tokenizer):
+    with pytest.raises(TitlegenError, match="config_overrides='d_model=big'"):
+        build_model("mt5", tokenizer, "d_model=big")
+
+
+def test_freeze_encoder_keeps_encoder_fixed_during_training(tokenizer):
+    torch.manual_seed(0)
+    model = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    frozen = freeze_encoder(model)
+    trainable, total = count_parameters(model)
+    assert frozen > 0 and trainable == total - frozen
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = tokenizer(["北市增設公共自行車站"], return_tensors="pt")
+    labels = tokenizer(text_target=["自行車站"], return_tensors="pt").input_ids
+    for _ in range(3):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = dict(model.named_parameters())
+    encoder_names = [n for n in before if n.startswith("encoder.") and "embed_tokens" not in n]
+    assert encoder_names
+    for name in encoder_names:
+        assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(before["decoder.block.0.layer.0.SelfAttention.q.weight"],
+                           after["decoder.block.0.layer.0.SelfAttention.q.weight"])  # fmt: skip
+
+
+def test_missing_model_folder_says_how_to_work_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(TitlegenError, match="tiny_offline.yaml"):
+        load_model(str(tmp_path / "no-such-model"))
+    with pytest.raises(TitlegenError, match="point model_name_or_path at a local folder"):
+        load_tokenizer(str(tmp_path / "no-such-model"))
+
+
+def test_a_folder_without_a_model_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(TitlegenError, match="not a model folder"):
+        load_model(str(tmp_path))
+
+
+def test_pickled_weights_are_not_loaded(tokenizer, tmp_path):
+    model = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: may run code when loaded
+    with pytest.raises(TitlegenError, match="cannot load the model"):
+        load_model(str(tmp_path))

@@ -1,0 +1,144 @@
+"""Reading and writing the course's jsonl files.
+
+Every problem in an input file is reported with the file, the line number and the field, and every
+output file is written atomically: it appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from titlegen import TitlegenError
+
+
+class DataError(TitlegenError):
+    """An input file does not hold what titlegen needs."""
+
+
+def normalize_text(text: str) -> str:
+    """Collapses every run of whitespace (newlines included) to one space and strips the ends.
+
+    The course's articles contain newlines; tokenizers treat all whitespace alike, and titles must be
+    one line.
+    """
+    return " ".join(text.split())
+
+
+def read_jsonl(
+    path: str | Path,
+    fields: Sequence[str] = ("id", "maintext"),
+    id_field: str = "id",
+    may_be_empty: Sequence[str] = (),
+) -> list[dict]:
+    """Reads a jsonl file and validates the fields titlegen uses.
+
+    Args:
+        path: The file, one JSON object per line. Blank lines are skipped; a UTF-8 byte-order mark and
+            CRLF line endings are accepted.
+        fields: Fields every record must have as non-empty strings. The id field may also be an
+            integer; it is returned as a string.
+        id_field: The field that identifies a record; it must be unique within the file.
+        may_be_empty: Fields of `fields` that may hold an empty or whitespace-only string.
+
+    Returns:
+        The records, in file order, with all their fields.
+
+    Raises:
+        DataError: naming the file, line and field of the first problem found.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+
+    records: list[dict] = []
+    first_line_of_id: dict[str, int] = {}
+    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {err.start + 1} of the line)") from None
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        for name in fields:
+            if name not in record:
+                raise DataError(f"{path}:{lineno}: field '{name}' is missing")
+            value = record[name]
+            if name == id_field and isinstance(value, int) and not isinstance(value, bool):
+                value = record[name] = str(value)
+            if not isinstance(value, str):
+                raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}")
+            if not value.strip() and name not in may_be_empty:
+                raise DataError(f"{path}:{lineno}: field '{name}' is empty")
+        if id_field in fields:
+            key = record[id_field]
+            if key in first_line_of_id:
+                raise DataError(
+                    f"{path}:{lineno}: field '{id_field}' repeats the id {key!r} of line {first_line_of_id[key]}"
+                )
+            first_line_of_id[key] = lineno
+        records.append(record)
+    if not records:
+        raise DataError(f"{path}: no records (the file is empty)")
+    return records
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Writes records as UTF-8 jsonl (non-ASCII kept as is), atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def write_json(path: str | Path, value) -> None:
+    """Writes one JSON document, indented, atomically."""
+    atomic_write_text(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def check_distinct_paths(input_path: str | Path, output_path: str | Path) -> None:
+    """Refuses to write an output over its own input."""
+    if Path(output_path).resolve() == Path(input_path).resolve():
+        raise TitlegenError(f"{output_path}: the output file is the input file; choose another output path")
+
+
+def split_records(records: list[dict], percentage: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Splits off `percentage` % of the records (at least one) for validation, by a seeded shuffle."""
+    import random
+
+    if len(records) < 2:
+        raise DataError("cannot hold out validation data from fewer than 2 records; give a validation_file")
+    n_eval = min(len(records) - 1, max(1, round(len(records) * percentage / 100)))
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held_out = set(order[:n_eval])
+    train = [r for i, r in enumerate(records) if i not in held_out]
+    return train, [records[i] for i in sorted(held_out)]
