@@ -87,7 +87,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
         bf16=args.bf16,
         **generate_kwargs,
     )
-    predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records)]
+    predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records, strict=True)]
     write_jsonl(args.output_file, predictions)
     print(f"wrote {len(predictions)} titles to {args.output_file}")
     return predictions

@@ -95,8 +95,11 @@ def train(argv: Sequence[str] | None = None) -> dict:
         elif checkpoint and tokenizer_dir.is_dir():
             tokenizer = load_tokenizer(str(tokenizer_dir))
         else:
-            logger.info("training a %d-token SentencePiece tokenizer on %s", model_args.tokenizer_vocab_size,
-                        data_args.train_file)
+            logger.info(
+                "training a %d-token SentencePiece tokenizer on %s",
+                model_args.tokenizer_vocab_size,
+                data_args.train_file,
+            )
             texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
             tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=model_args.tokenizer_vocab_size)
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
@@ -104,9 +107,10 @@ def train(argv: Sequence[str] | None = None) -> dict:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
-    model.generation_config = title_generation_config(
+    generation_config = title_generation_config(
         model, data_args.max_target_length, training_args.generation_num_beams or 1
     )
+    model.generation_config = generation_config
 
     tokenize = make_tokenize_fn(
         tokenizer,
@@ -143,6 +147,9 @@ def train(argv: Sequence[str] | None = None) -> dict:
     )
 
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    # Seq2SeqTrainer fills the model's generation config with defaults (max_length=20) as it evaluates;
+    # save the one we chose, so that prediction uses exactly max_new_tokens.
+    trainer.model.generation_config = generation_config
     trainer.save_model()
     trainer.save_state()
     trainer.log_metrics("train", result.metrics)
@@ -156,7 +163,7 @@ def train(argv: Sequence[str] | None = None) -> dict:
         titles = decode_titles(tokenizer, prediction.predictions)
         write_jsonl(
             output_dir / "eval_predictions.jsonl",
-            ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records)),
+            ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records, strict=True)),
         )
     return {**result.metrics, **prediction.metrics}
 

@@ -35,6 +35,7 @@ def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
         "--learning_rate", "1e-2",
         "--report_to", "none",
         "--disable_tqdm", "true",
+        "--logging_steps", "1",
         *extra,
     ]  # fmt: skip
 

@@ -6,7 +6,14 @@ from transformers import Seq2SeqTrainingArguments
 
 from recipes.predict import PredictArguments
 from titlegen import TitlegenError
-from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args, resolved_config, save_config
+from titlegen.config import (
+    DataArguments,
+    ModelArguments,
+    RunArguments,
+    parse_args,
+    resolved_config,
+    save_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_TYPES = (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments)
@@ -43,7 +50,9 @@ def test_command_line_overrides_config():
 def test_unknown_key_names_key_and_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("learnig_rate: 0.1\noutput_dir: x\n")
-    with pytest.raises(TitlegenError, match=r"bad\.yaml: unknown setting 'learnig_rate' \(did you mean 'learning_rate'"):
+    with pytest.raises(
+        TitlegenError, match=r"bad\.yaml: unknown setting 'learnig_rate' \(did you mean 'learning_rate'"
+    ):
         parse_args(TRAIN_TYPES, ["--config", str(path)])
 
 

@@ -21,7 +21,10 @@ GOOD = line(id="1", maintext="文章一", title="標題一") + line(id="2", main
 
 
 def test_reads_records_in_order_with_extra_fields(tmp_path):
-    path = write(tmp_path, line(id="a", maintext="文", title="題", date_publish="2021") + line(id="b", maintext="x", title="y"))
+    path = write(
+        tmp_path,
+        line(id="a", maintext="文", title="題", date_publish="2021") + line(id="b", maintext="x", title="y"),
+    )
     records = read_jsonl(path, FIELDS)
     assert [r["id"] for r in records] == ["a", "b"]
     assert records[0]["date_publish"] == "2021"
@@ -30,17 +33,36 @@ def test_reads_records_in_order_with_extra_fields(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ('{"id": "1", "maintext": "x", "title": "y"}\n{"id": "2", "maintext": \n', r"in\.jsonl:2: not valid JSON"),
+        (
+            '{"id": "1", "maintext": "x", "title": "y"}\n{"id": "2", "maintext": \n',
+            r"in\.jsonl:2: not valid JSON",
+        ),
         (line(id="1", maintext="x"), r"in\.jsonl:1: field 'title' is missing"),
         (line(id="1", maintext=3, title="y"), r"in\.jsonl:1: field 'maintext' must be a string, got int"),
         (line(id="1", maintext="   ", title="y"), r"in\.jsonl:1: field 'maintext' is empty"),
-        (line(id="1", maintext="x", title=None), r"in\.jsonl:1: field 'title' must be a string, got NoneType"),
+        (
+            line(id="1", maintext="x", title=None),
+            r"in\.jsonl:1: field 'title' must be a string, got NoneType",
+        ),
         ("[1, 2]\n", r"in\.jsonl:1: expected a JSON object, got list"),
         ("", r"in\.jsonl: no records"),
         ("\n\n  \n", r"in\.jsonl: no records"),
-        (GOOD + line(id="1", maintext="x", title="y"), r"in\.jsonl:3: field 'id' repeats the id '1' of line 1"),
+        (
+            GOOD + line(id="1", maintext="x", title="y"),
+            r"in\.jsonl:3: field 'id' repeats the id '1' of line 1",
+        ),
     ],
-    ids=["bad-json", "missing", "not-string", "empty-text", "null", "not-object", "empty-file", "blank-file", "dup-id"],
+    ids=[
+        "bad-json",
+        "missing",
+        "not-string",
+        "empty-text",
+        "null",
+        "not-object",
+        "empty-file",
+        "blank-file",
+        "dup-id",
+    ],
 )
 def test_bad_input_names_file_line_and_field(tmp_path, content, message):
     with pytest.raises(DataError, match=message):
@@ -59,7 +81,9 @@ def test_missing_file(tmp_path):
 
 
 def test_bom_crlf_blank_lines_and_integer_ids_are_accepted(tmp_path):
-    content = b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode() + b"\r\n" + line(id=3, maintext="m", title="t").encode()
+    content = (
+        b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode() + b"\r\n" + line(id=3, maintext="m", title="t").encode()
+    )
     records = read_jsonl(write(tmp_path, content), FIELDS)
     assert [r["id"] for r in records] == ["1", "2", "3"]
     assert records[1]["title"] == "標題二"

@@ -31,20 +31,24 @@ def _evaluate(argv: Sequence[str] | None) -> dict:
         prog="titlegen-eval",
         description="Score predicted titles against reference titles with tw_rouge (the course's metric).",
         epilog="The course's segmenter is ckip. Its model data is never downloaded implicitly; get it once with "
-        "`pip install -e .[ckip]` and `python -c \"from ckiptagger import data_utils; "
+        '`pip install -e .[ckip]` and `python -c "from ckiptagger import data_utils; '
         "data_utils.download_data_gdown('DIR')\"`, then pass --ckip_data DIR/data or set TITLEGEN_CKIP_DATA.",
     )
     parser.add_argument("-r", "--reference", required=True, help="jsonl with id and title (the answers)")
     parser.add_argument("-s", "--submission", required=True, help="jsonl with id and title (the predictions)")
     parser.add_argument(
-        "--segmenter", choices=SEGMENTERS, default="auto",
+        "--segmenter",
+        choices=SEGMENTERS,
+        default="auto",
         help="word segmenter; auto = ckip when its data is present, else jieba with a warning (default: auto)",
     )
     parser.add_argument("--ckip_data", default=None, help="ckiptagger's model data folder")
     args = parser.parse_args(argv)
 
     references = read_jsonl(args.reference, fields=("id", "title"))
-    predictions = {r["id"]: r["title"] for r in read_jsonl(args.submission, fields=("id", "title"), may_be_empty=("title",))}
+    predictions = {
+        r["id"]: r["title"] for r in read_jsonl(args.submission, fields=("id", "title"), may_be_empty=("title",))
+    }
     missing = [r["id"] for r in references if r["id"] not in predictions]
     if missing:
         raise TitlegenError(

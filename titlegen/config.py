@@ -32,7 +32,8 @@ class ModelArguments:
         },
     )
     model_type: str = field(
-        default="mt5", metadata={"help": "Architecture of a model built from scratch (any seq2seq model_type)."}
+        default="mt5",
+        metadata={"help": "Architecture of a model built from scratch (any seq2seq model_type)."},
     )
     config_overrides: str | None = field(
         default=None,
@@ -75,9 +76,7 @@ class DataArguments:
     max_source_length: int = field(default=256, metadata={"help": "Articles are truncated to this many tokens."})
     max_target_length: int = field(default=64, metadata={"help": "Titles are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only the first N validation pairs."}
-    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
 
 
 @dataclass
@@ -89,7 +88,8 @@ class RunArguments:
         metadata={"help": "Word segmenter for the ROUGE computed during training: char, jieba, ckip or auto."},
     )
     early_stopping_patience: int | None = field(
-        default=None, metadata={"help": "Stop after this many evaluations without improvement of the best metric."}
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improvement of the best metric."},
     )
     resume: bool = field(
         default=False, metadata={"help": "Continue from the latest complete checkpoint in output_dir."}

@@ -75,18 +75,18 @@ def generate_titles(
     encoded = tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"]
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
     device = next(model.parameters()).device
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     titles: list[str | None] = [None] * len(texts)
     model.eval()
-    with torch.inference_mode(), autocast, tqdm(
-        total=len(texts), desc="generating", unit="title", disable=not progress
-    ) as bar:
+    with (
+        torch.inference_mode(),
+        autocast,
+        tqdm(total=len(texts), desc="generating", unit="title", disable=not progress) as bar,
+    ):
         for batch in batches:
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
             output = model.generate(**inputs, **generate_kwargs)
-            for i, title in zip(batch, decode_titles(tokenizer, output.cpu())):
+            for i, title in zip(batch, decode_titles(tokenizer, output.cpu()), strict=True):
                 titles[i] = title
             bar.update(len(batch))
     return titles

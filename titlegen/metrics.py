@@ -149,11 +149,11 @@ def rouge_per_pair(predictions: Sequence[str], references: Sequence[str], segmen
     preds = [" ".join(words) for words in segmenter([p.strip() for p in predictions])]
     refs = [" ".join(words) for words in segmenter([r.strip() for r in references])]
     zero = {key: {"f": 0.0, "p": 0.0, "r": 0.0} for key in ROUGE_KEYS}
-    scored = [i for i, (p, r) in enumerate(zip(preds, refs)) if not (_rouge_sees_nothing(p) or _rouge_sees_nothing(r))]
+    scored = [i for i in range(len(preds)) if not (_rouge_sees_nothing(preds[i]) or _rouge_sees_nothing(refs[i]))]
     results = [zero] * len(preds)
     if scored:
         pair_scores = Rouge().get_scores([preds[i] for i in scored], [refs[i] for i in scored])
-        for i, score in zip(scored, pair_scores):
+        for i, score in zip(scored, pair_scores, strict=True):
             results[i] = score
     return results
 
@@ -172,9 +172,7 @@ def tw_rouge(predictions: Sequence[str], references: Sequence[str], segmenter) -
     """
     pairs = rouge_per_pair(predictions, references, segmenter)
     n = max(len(pairs), 1)
-    averaged = {
-        key: {stat: sum(p[key][stat] for p in pairs) / n for stat in ("f", "p", "r")} for key in ROUGE_KEYS
-    }
+    averaged = {key: {stat: sum(p[key][stat] for p in pairs) / n for stat in ("f", "p", "r")} for key in ROUGE_KEYS}
     return {**averaged, "segmenter": segmenter.name}
 
 
@@ -194,7 +192,9 @@ def build_compute_metrics(tokenizer, segmenter) -> Callable:
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        metrics = f100(tw_rouge(decode_titles(tokenizer, preds), decode_titles(tokenizer, eval_pred.label_ids), segmenter))
+        metrics = f100(
+            tw_rouge(decode_titles(tokenizer, preds), decode_titles(tokenizer, eval_pred.label_ids), segmenter)
+        )
         generated = (preds >= 0) & (preds != tokenizer.pad_token_id)
         metrics["gen_len"] = float(np.mean(np.count_nonzero(generated, axis=1)))
         return metrics

@@ -125,7 +125,6 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-
 def trained_settings(model_dir: str) -> dict:
     """The data settings a model folder was trained with: its run_config.yaml over the defaults."""
     import dataclasses

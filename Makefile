@@ -1,0 +1,36 @@
+# titlegen: `make install` then `make test`. Variables: PYTHON, CONFIG, ARGS, IN, OUT, MODEL.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+CONFIG ?= trainer_args/mt5_small_full.yaml
+MODEL ?= outputs/mt5_small_full
+OUT ?= predictions.jsonl
+ARGS ?=
+DATA := ../shared/data
+
+.PHONY: install test lint train predict eval demo
+
+install:  ## torch first (pinned, so pip does not pull a CUDA build on CPU machines), then titlegen
+	$(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the whole suite, CPU only (a few minutes)
+	$(PYTHON) -m pytest -q
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+train:  ## make train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
+	titlegen-train --config $(CONFIG) $(ARGS)
+
+predict:  ## make predict IN=public.jsonl [OUT=predictions.jsonl] [MODEL=outputs/...]
+	@test -n "$(IN)" || { echo "usage: make predict IN=path.jsonl [OUT=...] [MODEL=...]"; exit 2; }
+	TITLEGEN_MODEL=$(MODEL) bash run.sh $(IN) $(OUT) $(ARGS)
+
+demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, predict the course sample, score
+	rm -rf outputs/demo
+	titlegen-train --config trainer_args/tiny_offline.yaml --output_dir outputs/demo $(ARGS)
+	TITLEGEN_MODEL=outputs/demo bash run.sh $(DATA)/adl-news/sample_test.jsonl outputs/demo/sample_predictions.jsonl
+	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter char
+	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter auto
+	@head -n 5 outputs/demo/sample_predictions.jsonl

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The course's interface: bash run.sh INPUT.jsonl OUTPUT.jsonl
+# Writes {"title", "id"} per line for every article of INPUT.jsonl, with the trained model in
+# $TITLEGEN_MODEL (default: outputs/mt5_small_full, the folder `make train` writes). Extra generation
+# flags may follow, e.g. `bash run.sh in.jsonl out.jsonl --num_beams 5`.
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: bash run.sh INPUT.jsonl OUTPUT.jsonl [titlegen-predict flags]" >&2
+    exit 2
+fi
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+model="${TITLEGEN_MODEL:-$here/outputs/mt5_small_full}"
+input="$1"
+output="$2"
+shift 2
+export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python3}" -m recipes.predict --model "$model" --input "$input" --output "$output" "$@"

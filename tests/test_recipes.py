@@ -1,0 +1,116 @@
+"""Smoke runs of the recipes on a tiny model, and the course's run.sh interface."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+from recipes.predict import predict
+from recipes.train import main as train_main
+from recipes.train import train
+from titlegen.generation import generate_titles
+
+from .conftest import ARTICLES, ROOT, SHARED_DATA, read_lines, tiny_train_args
+
+
+def test_training_writes_a_reproducible_run(trained_dir):
+    for name in ("model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+                 "run_config.yaml", "train_results.json", "eval_results.json", "all_results.json",
+                 "trainer_state.json", "eval_predictions.jsonl"):  # fmt: skip
+        assert (trained_dir / name).is_file(), name
+    state = json.loads((trained_dir / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses and all(loss == loss for loss in losses), "losses are logged and finite"
+    evals = [e for e in state["log_history"] if "eval_rouge-l" in e]
+    assert len(evals) == 2, "one tw_rouge evaluation per epoch"
+    eval_metrics = json.loads((trained_dir / "eval_results.json").read_text())
+    assert {"eval_rouge-1", "eval_rouge-2", "eval_rouge-l", "eval_gen_len"} <= set(eval_metrics)
+    predictions = read_lines(trained_dir / "eval_predictions.jsonl")
+    assert [p["id"] for p in predictions] == [r["id"] for r in read_lines(ARTICLES)]
+    config = (trained_dir / "run_config.yaml").read_text()
+    assert "learning_rate: 0.01" in config and "titlegen-train --config" in config
+
+
+def test_the_saved_model_reloads_and_predicts(trained_dir, tmp_path):
+    model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    assert model.generation_config.max_new_tokens == 16
+    out = tmp_path / "pred.jsonl"
+    predictions = predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(out)])
+    assert read_lines(out) == predictions
+    assert [p["id"] for p in predictions] == [r["id"] for r in read_lines(ARTICLES)]
+    assert list(predictions[0]) == ["title", "id"]
+    # The recipe and the library give the same greedy titles.
+    direct = generate_titles(model, tokenizer, [r["maintext"] for r in read_lines(ARTICLES)], max_source_length=128,
+                             progress=False)  # fmt: skip
+    assert [p["title"] for p in predictions] == direct
+
+
+def test_length_sorted_batches_keep_input_order(trained_dir):
+    model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
+    tokenizer = AutoTokenizer.from_pretrained(trained_dir)
+    articles = [r["maintext"][: 10 + 7 * i] for i, r in enumerate(read_lines(ARTICLES))]
+    one_by_one = generate_titles(model, tokenizer, articles, batch_size=1, progress=False)
+    batched = generate_titles(model, tokenizer, articles, batch_size=5, progress=False)
+    assert batched == one_by_one
+
+
+def test_run_sh_on_the_course_format(trained_dir, tmp_path):
+    """bash run.sh IN OUT on the 10 genuine course articles (newlines, long texts, Latin and digits)."""
+    sample = SHARED_DATA / "adl-news" / "sample_test.jsonl"
+    out = tmp_path / "submission.jsonl"
+    env = {**os.environ, "TITLEGEN_MODEL": str(trained_dir), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), str(sample), str(out)], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    predictions = read_lines(out)
+    assert [p["id"] for p in predictions] == [r["id"] for r in read_lines(sample)]
+    assert all(isinstance(p["title"], str) and "\n" not in p["title"] for p in predictions)
+
+
+def test_run_sh_without_arguments_prints_usage():
+    result = subprocess.run(["bash", str(ROOT / "run.sh")], capture_output=True, text=True)
+    assert result.returncode == 2 and "usage: bash run.sh INPUT.jsonl OUTPUT.jsonl" in result.stderr
+
+
+def test_predict_refuses_to_overwrite_its_input(trained_dir, tmp_path, capsys):
+    copy = tmp_path / "in.jsonl"
+    copy.write_bytes(ARTICLES.read_bytes())
+    from recipes.predict import main as predict_main
+
+    assert predict_main(["--model", str(trained_dir), "--input", str(copy), "--output", str(copy)]) == 2
+    assert "the output file is the input file" in capsys.readouterr().err
+    assert copy.read_bytes() == ARTICLES.read_bytes()
+
+
+def test_training_refuses_to_overwrite_a_run_and_resumes_on_request(trained_dir, tmp_path, capsys):
+    assert train_main(tiny_train_args(trained_dir)) == 2
+    assert "already holds a run; pass --resume" in capsys.readouterr().err
+
+    # Resuming a finished run from its last checkpoint trains no further and keeps the step count.
+    run = tmp_path / "resumed"
+    train(tiny_train_args(run, "--num_train_epochs", "1"))
+    first_state = json.loads((run / "trainer_state.json").read_text())
+    metrics = train(tiny_train_args(run, "--num_train_epochs", "2", "--resume", "true"))
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 * first_state["global_step"]
+    assert metrics["epoch"] == 2
+
+
+def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(
+        '{"id": "1", "maintext": "文章", "title": "標題"}\n{"id": "2", "maintext": "文章"}\n',
+        encoding="utf-8",
+    )
+    assert train_main(tiny_train_args(tmp_path / "out", "--train_file", str(bad))) == 2
+    assert "train.jsonl:2: field 'title' is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module", ["recipes.train", "recipes.predict", "titlegen.cli"])
+def test_help_needs_no_heavy_imports(module):
+    code = f"import sys, {module}\nassert not {{'torch', 'transformers'}} & set(sys.modules), 'heavy import at import'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
