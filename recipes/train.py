@@ -35,7 +35,6 @@ def train(argv: Sequence[str] | None = None) -> dict:
     # Heavy imports after parsing, so that --help answers at once.
     import torch
     import transformers
-    from datasets import Dataset
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, set_seed
 
     from titlegen import TitlegenError, __version__
@@ -51,7 +50,7 @@ def train(argv: Sequence[str] | None = None) -> dict:
         load_model,
         load_tokenizer,
     )
-    from titlegen.preprocessing import make_tokenize_fn
+    from titlegen.preprocessing import make_tokenize_fn, to_features
     from titlegen.tokenizer import train_tokenizer
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
@@ -121,12 +120,8 @@ def train(argv: Sequence[str] | None = None) -> dict:
         data_args.source_prefix,
     )
     with training_args.main_process_first(desc="tokenizing"):
-        train_dataset = Dataset.from_list(train_records).map(
-            tokenize, batched=True, remove_columns=list(train_records[0]), desc="tokenizing train"
-        )
-        eval_dataset = Dataset.from_list(eval_records).map(
-            tokenize, batched=True, remove_columns=list(eval_records[0]), desc="tokenizing validation"
-        )
+        train_dataset = to_features(train_records, columns, tokenize, desc="tokenizing train")
+        eval_dataset = to_features(eval_records, columns, tokenize, desc="tokenizing validation")
 
     callbacks = []
     if run_args.early_stopping_patience:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from titlegen.data import normalize_text
 
@@ -38,3 +38,14 @@ def make_tokenize_fn(
         return features
 
     return tokenize
+
+
+def to_features(records: list[dict], columns: Sequence[str], tokenize: Callable[[dict], dict], desc: str):
+    """A ``datasets.Dataset`` of model features from records, keeping only the given columns' text.
+
+    Extra fields of the records (dates, sources, ...) are left out, so their types never matter.
+    """
+    from datasets import Dataset
+
+    table = Dataset.from_dict({c: [r[c] for r in records] for c in columns})
+    return table.map(tokenize, batched=True, remove_columns=list(columns), desc=desc)
