@@ -17,9 +17,9 @@ def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | No
     except TitlegenError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or `titlegen.callbacks.Interrupted` after a checkpoint
+        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
+        return getattr(err, "exit_status", 130)
     return 0
 
 
