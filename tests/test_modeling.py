@@ -88,3 +88,24 @@ def test_pickled_weights_are_not_loaded(tokenizer, tmp_path):
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: may run code when loaded
     with pytest.raises(TitlegenError, match="cannot load the model"):
         load_model(str(tmp_path))
+
+
+def test_code_shipped_in_a_model_folder_is_never_run(tokenizer, tmp_path):
+    """A folder whose config points at its own Python code (auto_map) loads with the built-in classes."""
+    import json
+
+    build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1").save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    marker = tmp_path / "code-ran"
+    (tmp_path / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    auto_map = {
+        "config.json": {"AutoConfig": "custom.Custom", "AutoModelForSeq2SeqLM": "custom.Custom"},
+        "tokenizer_config.json": {"AutoTokenizer": ["custom.Custom", None]},
+    }
+    for name, entries in auto_map.items():
+        settings = json.loads((tmp_path / name).read_text())
+        settings["auto_map"] = entries
+        (tmp_path / name).write_text(json.dumps(settings))
+    assert type(load_model(str(tmp_path))).__name__ == "MT5ForConditionalGeneration"
+    assert load_tokenizer(str(tmp_path))("新聞").input_ids == tokenizer("新聞").input_ids
+    assert not marker.exists(), "trust_remote_code=True would have run custom.py"

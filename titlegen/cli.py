@@ -29,6 +29,7 @@ def _evaluate(argv: Sequence[str] | None) -> dict:
 
     parser = argparse.ArgumentParser(
         prog="titlegen-eval",
+        allow_abbrev=False,  # a misspelled flag is an error, not a guess
         description="Score predicted titles against reference titles with tw_rouge (the course's metric).",
         epilog="The course's segmenter is ckip. Its model data is never downloaded implicitly; get it once with "
         '`pip install -e .[ckip]` and `python -c "from ckiptagger import data_utils; '

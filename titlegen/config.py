@@ -148,7 +148,8 @@ def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, descrip
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(types), description=description)
+    # allow_abbrev=False: a flag is a setting's full name, as in YAML; argparse would take --num_beam as --num_beams.
+    parser = HfArgumentParser(list(types), description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file with default values for any setting below.")
     known, unknown = parser.parse_known_args(argv)  # finds --config (and answers --help at once)
     if unknown:
