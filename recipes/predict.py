@@ -3,7 +3,9 @@
     titlegen-predict --model outputs/tiny_offline --input public.jsonl --output submission.jsonl
 
 Input: the course's format (``id`` and ``maintext``; ``title`` is not needed). Output: one
-``{"title": ..., "id": ...}`` per line, in input order, UTF-8, written atomically. Preprocessing
+``{"title": ..., "id": ...}`` per line, in input order, UTF-8, written atomically. Finished titles are
+kept in OUTPUT.progress as they are generated: rerun the same command after an interruption and only
+the missing titles are generated. Preprocessing
 (max_source_length, source_prefix, column names) follows the model's run_config.yaml when it has one;
 decoding follows the model's generation_config.json unless a flag below overrides it.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -59,9 +62,10 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     import torch
     from transformers import set_seed
 
-    from titlegen.data import check_distinct_paths, read_jsonl, write_jsonl
+    from titlegen.data import check_distinct_paths, read_jsonl
     from titlegen.generation import generate_titles
     from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
+    from titlegen.progress import PredictionProgress, run_fingerprint
 
     check_distinct_paths(args.input_file, args.output_file)
     trained = trained_settings(args.model_name_or_path)
@@ -77,6 +81,19 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     if torch.cuda.is_available():
         model = model.cuda()
     generate_kwargs = {name: getattr(args, name) for name in GENERATE_FLAGS if getattr(args, name) is not None}
+
+    # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
+    settings = {k: v for k, v in vars(args).items() if k != "output_file"}
+    model_files = [p for p in Path(args.model_name_or_path).glob("*") if p.is_file()]
+    progress = PredictionProgress(args.output_file, run_fingerprint(settings, [args.input_file, *model_files]))
+    finished = progress.load()
+    done = {i: finished[r[id_column]] for i, r in enumerate(records) if r[id_column] in finished}
+    if done:
+        print(f"continuing: {len(done)} of {len(records)} titles were generated before ({progress.path})")
+
+    def save_batch(indices: list[int], batch_titles: list[str]) -> None:
+        progress.append({"title": t, "id": records[i][id_column]} for i, t in zip(indices, batch_titles, strict=True))
+
     titles = generate_titles(
         model,
         tokenizer,
@@ -85,10 +102,13 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
         max_source_length=args.max_source_length or trained["max_source_length"],
         source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
         bf16=args.bf16,
+        done=done,
+        on_batch=save_batch,
+        seed=args.seed,
         **generate_kwargs,
     )
     predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records, strict=True)]
-    write_jsonl(args.output_file, predictions)
+    progress.finish(args.output_file, predictions)
     print(f"wrote {len(predictions)} titles to {args.output_file}")
     return predictions
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from titlegen.preprocessing import source_texts
 
@@ -53,9 +53,15 @@ def generate_titles(
     source_prefix: str = "",
     bf16: bool = False,
     progress: bool = True,
+    done: Mapping[int, str] | None = None,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    seed: int | None = None,
     **generate_kwargs,
 ) -> list[str]:
     """Generates one title per article, returned in the order of `articles`.
+
+    Batches are formed from all articles, whatever is `done`, so a resumed run pads and decodes every
+    batch exactly as an uninterrupted run would.
 
     Args:
         model: A seq2seq model.
@@ -66,6 +72,12 @@ def generate_titles(
         source_prefix: Text put before each article, as in training.
         bf16: Run under bfloat16 autocast (on CPU and CUDA).
         progress: Show a progress bar with titles per second.
+        done: Titles already generated, by article index (e.g. by an interrupted run); a batch whose
+            articles all have one is not generated again.
+        on_batch: Called after each generated batch with its article indices and titles, e.g. to save
+            progress.
+        seed: If set, the random state is reset to ``seed + batch number`` before each batch, so that
+            sampled titles do not depend on which batches ran before.
         **generate_kwargs: Passed to ``model.generate`` (``num_beams``, ``max_new_tokens``, ...).
     """
     import torch
@@ -76,17 +88,25 @@ def generate_titles(
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
     device = next(model.parameters()).device
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    titles: list[str | None] = [None] * len(texts)
+    done = done or {}
+    titles: list[str | None] = [done.get(i) for i in range(len(texts))]
+    todo = [(number, batch) for number, batch in enumerate(batches) if any(titles[i] is None for i in batch)]
+    skipped = len(texts) - sum(len(batch) for _, batch in todo)
     model.eval()
     with (
         torch.inference_mode(),
         autocast,
-        tqdm(total=len(texts), desc="generating", unit="title", disable=not progress) as bar,
+        tqdm(total=len(texts), initial=skipped, desc="generating", unit="title", disable=not progress) as bar,
     ):
-        for batch in batches:
+        for number, batch in todo:
+            if seed is not None:
+                torch.manual_seed(seed + number)
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
             output = model.generate(**inputs, **generate_kwargs)
-            for i, title in zip(batch, decode_titles(tokenizer, output.cpu()), strict=True):
+            batch_titles = decode_titles(tokenizer, output.cpu())
+            for i, title in zip(batch, batch_titles, strict=True):
                 titles[i] = title
+            if on_batch is not None:
+                on_batch(batch, batch_titles)
             bar.update(len(batch))
     return titles
