@@ -14,7 +14,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from recipes.train import train
 from titlegen.checkpoints import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
 
-from .conftest import NO_EVAL, ROOT, subprocess_env, tiny_train_args
+from .conftest import NO_EVAL, ROOT, logged_losses, subprocess_env, tiny_train_args
 
 
 def fake_checkpoint(output_dir, step, *, state=True, weights=True, state_step=None):
@@ -68,11 +68,6 @@ sys.exit(main(sys.argv[1:]))
 RESUMABLE = ("--save_strategy", "steps", "--save_steps", "2", "--bf16", "false", *NO_EVAL)
 
 
-def step_losses(run_dir):
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    return [(e["step"], e["loss"]) for e in state["log_history"] if "loss" in e]
-
-
 def test_a_run_killed_while_saving_resumes_to_the_same_weights(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     train(tiny_train_args(reference, *RESUMABLE))
@@ -88,8 +83,8 @@ def test_a_run_killed_while_saving_resumes_to_the_same_weights(tmp_path):
     assert not (killed / "model.safetensors").exists()
 
     train(tiny_train_args(killed, *RESUMABLE, "--resume", "true"))
-    assert step_losses(killed) == pytest.approx(step_losses(reference), rel=1e-5)
-    assert [s for s, _ in step_losses(killed)] == [1, 2, 3, 4, 5, 6]
+    assert list(logged_losses(killed)) == [1, 2, 3, 4, 5, 6]
+    assert logged_losses(killed) == pytest.approx(logged_losses(reference), rel=1e-5)
     expected, resumed = load_file(reference / "model.safetensors"), load_file(killed / "model.safetensors")
     assert expected.keys() == resumed.keys()
     for name in expected:

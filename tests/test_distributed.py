@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from recipes.train import train
 
-from .conftest import ROOT, read_lines, subprocess_env, tiny_train_args
+from .conftest import ROOT, logged_losses, read_lines, subprocess_env, tiny_train_args
 
 # Global batch 4 = 2 processes x 2 articles; 12 articles, 2 epochs: 6 steps, a checkpoint every 3.
 RUN = ("--eval_strategy", "no", "--load_best_model_at_end", "false", "--save_strategy", "steps", "--save_steps", "3",
@@ -29,11 +29,6 @@ def one_process(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("one") / "run"
     train(tiny_train_args(output_dir, *RUN, "--per_device_train_batch_size", "4"))
     return output_dir
-
-
-def losses(run_dir) -> list[float]:
-    state = json.loads((run_dir / "trainer_state.json").read_text())
-    return [e["loss"] for e in state["log_history"] if "loss" in e]
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
@@ -56,7 +51,7 @@ def test_two_processes_train_like_one_and_save_once(launcher, one_process, tmp_p
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
 
     # Trains like one process with the same global batch, and scores the same titles.
-    assert losses(output_dir) == pytest.approx(losses(one_process), rel=1e-4)
+    assert logged_losses(output_dir) == pytest.approx(logged_losses(one_process), rel=1e-4)
     assert read_lines(output_dir / "eval_predictions.jsonl") == read_lines(one_process / "eval_predictions.jsonl")
     rouge = {k: v for k, v in json.loads((one_process / "eval_results.json").read_text()).items() if "rouge" in k}
     assert rouge and json.loads((output_dir / "eval_results.json").read_text()).items() >= rouge.items()

@@ -120,16 +120,17 @@ class NonFiniteLossGuard(TrainerCallback):
             return
         loss = getattr(output, "loss", None)
         # NaN and inf survive a sum, so one reduction checks the logits without a copy of their size.
-        value = loss if loss is not None else output.logits.detach().sum()
-        bad = ~torch.isfinite(value.detach()).all()
+        value = loss.detach() if loss is not None else output.logits.detach().sum()
+        bad = ~torch.isfinite(value)
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._hook = model.register_forward_hook(self._record)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        nonfinite, self._nonfinite = self._nonfinite, None
-        if nonfinite is None or not any_process(nonfinite, args.device):
+        nonfinite = self._nonfinite if self._nonfinite is not None else False
+        self._nonfinite = None
+        if not any_process(nonfinite, args.device):
             return
         self._remove_hook()
         step = state.global_step + 1
