@@ -1,6 +1,5 @@
 """Prediction keeps its progress: killed midway and rerun, it generates only the missing titles."""
 
-import json
 import signal
 import subprocess
 import sys
@@ -52,6 +51,30 @@ def test_fingerprint_follows_settings_and_files(tmp_path):
     assert run_fingerprint({"num_beams": 1}, [data]) != first
 
 
+def interrupt_after_first_batch(monkeypatch):
+    """Makes the run stop with Ctrl-C once its first batch is saved."""
+    append = PredictionProgress.append
+
+    def append_then_interrupt(self, records):
+        append(self, records)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PredictionProgress, "append", append_then_interrupt)
+
+
+def count_generated(monkeypatch) -> list[int]:
+    """Records the batch size of every generate call."""
+    sizes = []
+    generate = MT5ForConditionalGeneration.generate
+
+    def counting_generate(self, input_ids=None, **kwargs):
+        sizes.append(len(input_ids))
+        return generate(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(MT5ForConditionalGeneration, "generate", counting_generate)
+    return sizes
+
+
 # Runs the predict recipe and kills it with SIGKILL right after its second batch reached the side file.
 KILLED_AFTER_TWO_BATCHES = """
 import os, signal, sys
@@ -92,7 +115,6 @@ def test_killed_prediction_resumes_with_only_the_missing_titles(trained_dir, tmp
     assert sum(generated) == len(read_lines(ARTICLES)) - 4
     assert out.read_bytes() == expected_out.read_bytes()
     assert not side.exists()
-    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [r["id"] for r in read_lines(ARTICLES)]
 
 
 def test_a_finished_run_leaves_no_side_file(trained_dir, tmp_path):
@@ -101,33 +123,8 @@ def test_a_finished_run_leaves_no_side_file(trained_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
-def interrupt_after_first_batch(monkeypatch):
-    append = PredictionProgress.append
-
-    def append_then_interrupt(self, records):
-        append(self, records)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(PredictionProgress, "append", append_then_interrupt)
-
-
-def count_generated(monkeypatch) -> list[int]:
-    """Records the batch size of every generate call."""
-    sizes = []
-    generate = MT5ForConditionalGeneration.generate
-
-    def counting_generate(self, input_ids=None, **kwargs):
-        sizes.append(len(input_ids))
-        return generate(self, input_ids=input_ids, **kwargs)
-
-    monkeypatch.setattr(MT5ForConditionalGeneration, "generate", counting_generate)
-    return sizes
-
-
-@pytest.mark.parametrize("rerun_flags, regenerated", [([], 12 - 4), (["--num_beams", "2"], 12)],
-                         ids=["same-flags", "other-flags"])  # fmt: skip
-def test_titles_are_reused_only_by_a_run_with_the_same_flags(trained_dir, tmp_path, monkeypatch, rerun_flags,
-                                                             regenerated):  # fmt: skip
+@pytest.mark.parametrize("rerun_flags, reused", [([], 4), (["--num_beams", "2"], 0)], ids=["same", "other"])
+def test_titles_are_reused_only_by_a_run_with_the_same_flags(trained_dir, tmp_path, monkeypatch, rerun_flags, reused):
     args = ["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "out.jsonl"),
             "--batch_size", "4"]  # fmt: skip
     with monkeypatch.context() as patch:
@@ -136,4 +133,4 @@ def test_titles_are_reused_only_by_a_run_with_the_same_flags(trained_dir, tmp_pa
             predict(args)
     sizes = count_generated(monkeypatch)
     predict(args + rerun_flags)
-    assert sum(sizes) == regenerated
+    assert sum(sizes) == len(read_lines(ARTICLES)) - reused
