@@ -176,7 +176,7 @@ FILE_CASES = {
     "UTF-8 BOM": (b"\xef\xbb\xbf" + jsonl(GOOD), handled(AS_IF_CLEAN)),
     "CRLF line endings": (jsonl(GOOD).replace(b"\n", b"\r\n"), handled(AS_IF_CLEAN)),
     "invalid UTF-8": (
-        jsonl(GOOD[:2]) + jsonl(GOOD[2:3]).replace("臺".encode(), b"\xff\xfe") + jsonl(GOOD[3:]),
+        jsonl(GOOD[:2]) + b'{"id": "x", "maintext": "\xe6\x96\x87\xff\xfe", "title": "t"}\n' + jsonl(GOOD[3:]),
         error(r"{path}:3: not valid UTF-8 \(byte \d+ of the line\)"),
     ),
     "200,000-character article": (
