@@ -81,7 +81,8 @@ class StopOnSignal(TrainerCallback):
             control.should_training_stop = True
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        # A signal that came during the last step's evaluation: the steps are done, save them.
+        # A signal that came after the epoch's last step (during its evaluation, say), when no step is
+        # left to end: this is also the last chance before training finishes.
         self.on_step_end(args, state, control, **kwargs)
 
     def on_save(self, args, state, control, **kwargs):
