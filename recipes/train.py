@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(train, argv)
 
 
-def train(argv: Sequence[str] | None = None) -> dict:
+def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
+    """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
     from transformers import Seq2SeqTrainingArguments
 
     from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
@@ -134,7 +135,7 @@ def train(argv: Sequence[str] | None = None) -> dict:
         train_dataset = to_features(train_records, columns, tokenize, desc="tokenizing train")
         eval_dataset = to_features(eval_records, columns, tokenize, desc="tokenizing validation")
 
-    callbacks = [StopOnSignal(), NonFiniteLossGuard()]
+    callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
     trainer = Seq2SeqTrainer(
