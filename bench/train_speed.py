@@ -238,8 +238,12 @@ def step_flops(step: dict, shape: dict, batch_size: int) -> float:
     # Attention scores (QK^T and AV) per sequence, with the batch's mean lengths.
     src_len, tgt_len = source / batch_size, target / batch_size
     width = shape["attention_width"]
-    attention = batch_size * 2 * 2 * width * (
-        shape["num_layers"] * src_len**2 + shape["num_decoder_layers"] * (tgt_len**2 + tgt_len * src_len)
+    attention = (
+        batch_size
+        * 2
+        * 2
+        * width
+        * (shape["num_layers"] * src_len**2 + shape["num_decoder_layers"] * (tgt_len**2 + tgt_len * src_len))
     )
     return 3 * (2 * shape["encoder"] * source + 2 * shape["decoder"] * target + attention)
 

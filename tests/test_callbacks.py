@@ -99,3 +99,19 @@ def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypat
     recipes.train.train(tiny_train_args(run, *NO_EVAL, "--max_steps", "4", "--save_strategy", "no"))
     weights = load_file(run / "model.safetensors")
     assert not all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_time_budget_stops_training_and_evaluates_the_last_step(tmp_path):
+    from titlegen.callbacks import TrainingTimeBudget
+
+    run = tmp_path / "run"
+    budget = TrainingTimeBudget(minutes=0.0)  # spent by the first step
+    args = ("--max_steps", "50", "--eval_strategy", "steps", "--eval_steps", "20", "--save_strategy", "steps")
+    train(tiny_train_args(run, *args, "--save_steps", "20"), callbacks=[budget])
+
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["global_step"] == 1
+    assert [e["step"] for e in budget.evaluations] == [1], "the step that spends the budget is evaluated"
+    assert budget.evaluations[0]["train_minutes"] > 0
+    assert "eval_rouge-l" in budget.evaluations[0]
+    assert (run / "checkpoint-1").is_dir(), "and saved, so that the best model can be loaded at the end"

@@ -1,6 +1,6 @@
-"""Trainer callbacks that end a run safely: on a signal, and on a NaN or infinite loss.
+"""Trainer callbacks that end a run safely (on a signal, on a NaN or infinite loss) or on time (a training budget).
 
-Both take their decision in every process at the same step (see `titlegen.distributed.any_process`),
+Each takes its decision in every process at the same step (see `titlegen.distributed.any_process`),
 so they work unchanged under ``torchrun`` and ``accelerate launch``.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import torch
 from transformers import TrainerCallback
@@ -156,3 +157,39 @@ class NonFiniteLossGuard(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+
+class TrainingTimeBudget(TrainerCallback):
+    """Stops training once its optimizer steps have taken `minutes`, and keeps validation scores against that time.
+
+    Only the steps are timed: evaluation and checkpointing are not training time. At the step that spends
+    the budget, the model is evaluated and saved, so that ``load_best_model_at_end`` sees the last weights.
+
+    Attributes:
+        evaluations: One ``{"step", "train_minutes", **metrics}`` per evaluation, in order.
+    """
+
+    def __init__(self, minutes: float):
+        self.minutes = minutes
+        self.evaluations: list[dict] = []
+        self._seconds = 0.0
+        self._start = 0.0
+
+    @property
+    def train_minutes(self) -> float:
+        """Minutes spent in optimizer steps so far."""
+        return self._seconds / 60
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._seconds += time.perf_counter() - self._start
+        if any_process(self.train_minutes >= self.minutes, args.device) and not control.should_training_stop:
+            logger.info("training time budget of %.1f minutes spent at step %d", self.minutes, state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = args.save_strategy != "no"
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.evaluations.append({"step": state.global_step, "train_minutes": self.train_minutes, **(metrics or {})})
