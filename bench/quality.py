@@ -56,7 +56,7 @@ def plot(evaluations: list[dict], lead_scores: dict[str, dict], path: Path, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 5.5))
     minutes = [e["train_minutes"] for e in evaluations]
     for key, color in zip(("rouge-1", "rouge-2", "rouge-l"), ("C0", "C1", "C2"), strict=True):
         ax.plot(minutes, [e[f"eval_{key}"] for e in evaluations], "o-", color=color, label=f"model {key}")
@@ -65,7 +65,8 @@ def plot(evaluations: list[dict], lead_scores: dict[str, dict], path: Path, titl
     ax.set_xlabel("training time (minutes of optimizer steps)")
     ax.set_ylabel("validation tw_rouge, char segmenter (F x 100)")
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    ax.set_xlim(left=0)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     partial = path.with_name(path.name + ".partial")  # written whole, then renamed: never a half PNG

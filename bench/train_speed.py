@@ -1,6 +1,6 @@
 """Training speed on real data: titlegen's recipe against the plain transformers summarization recipe.
 
-    python -m bench.train_speed [--steps 6] [--warmup 2] [--batch_size 16] [--repeats 2] [--profile]
+    python -m bench.train_speed [--steps 6] [--warmup 2] [--batch_size 16] [--repeats 2] [--bf16 false] [--profile]
 
 Both sides train the same model (mT5-small's shape: MT5Config's defaults, built by
 ``titlegen.modeling.build_model`` with the same seed) on the same LCSTS training pairs, tokenized by the same
@@ -43,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=16, help="global batch, both recipes")
     parser.add_argument("--repeats", type=int, default=2, help="runs per recipe, alternating")
     parser.add_argument("--vocab_size", type=int, default=32000)
+    parser.add_argument("--bf16", default="true", choices=("true", "false"), help="titlegen's side under bf16 autocast")
+    # On a busy 2-core machine, two threads spend most of their time waiting for each other.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both recipes and the matmul probe")
     parser.add_argument("--profile", action="store_true", help="print where titlegen's step time goes, then stop")
     return parser.parse_args(argv)
 
@@ -83,7 +86,7 @@ class StepTimer:
         return _StepTimer()
 
 
-def _titlegen_argv(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size: int) -> list[str]:
+def _titlegen_argv(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size: int, bf16: str) -> list[str]:
     # No --config: the dataclasses' defaults, i.e. mT5-small's shape, plus the CPU settings titlegen's configs use.
     return [
         "--model_type", "mt5",
@@ -96,7 +99,7 @@ def _titlegen_argv(tokenizer_dir: str, output_dir: str, max_steps: int, batch_si
         "--output_dir", output_dir,
         "--per_device_train_batch_size", str(batch_size),
         "--max_steps", str(max_steps),
-        "--bf16", "true",
+        "--bf16", bf16,
         "--train_sampling_strategy", "group_by_length",
         "--eval_strategy", "no",
         "--save_strategy", "no",
@@ -147,12 +150,17 @@ def _train_plain(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size
     trainer.train()
 
 
-def run_recipe(recipe: str, tokenizer_dir: str, max_steps: int, batch_size: int, profile_steps=None) -> dict:
+def run_recipe(
+    recipe: str, tokenizer_dir: str, max_steps: int, batch_size: int, bf16: str, threads: int, profile_steps=None
+) -> dict:
     """Trains `max_steps` steps with one recipe in this process; returns its step timings and peak memory."""
     import logging
 
     import datasets
+    import torch
     import transformers
+
+    torch.set_num_threads(threads)
 
     logging.disable(logging.WARNING)
     datasets.disable_progress_bars()
@@ -163,7 +171,7 @@ def run_recipe(recipe: str, tokenizer_dir: str, max_steps: int, batch_size: int,
         if recipe == "titlegen":
             from recipes.train import train
 
-            train(_titlegen_argv(tokenizer_dir, output_dir, max_steps, batch_size), callbacks=callbacks)
+            train(_titlegen_argv(tokenizer_dir, output_dir, max_steps, batch_size, bf16), callbacks=callbacks)
         else:
             _train_plain(tokenizer_dir, output_dir, max_steps, batch_size, timer)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -255,6 +263,7 @@ def main(argv=None) -> None:
     from titlegen.data import read_jsonl
     from titlegen.tokenizer import train_tokenizer
 
+    torch.set_num_threads(args.threads)
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         records = read_jsonl(TRAIN_FILE, fields=("maintext", "title"))
@@ -269,7 +278,17 @@ def main(argv=None) -> None:
         )
         max_steps = args.warmup + args.steps
         if args.profile:
-            in_child(run_recipe, "titlegen", tokenizer_dir, max_steps, args.batch_size, (args.warmup + 1, max_steps))
+            profile_steps = (args.warmup + 1, max_steps)
+            in_child(
+                run_recipe,
+                "titlegen",
+                tokenizer_dir,
+                max_steps,
+                args.batch_size,
+                args.bf16,
+                args.threads,
+                profile_steps,
+            )
             return
         steps = {recipe: [] for recipe in RECIPES}
         peak_mib = {recipe: 0.0 for recipe in RECIPES}
@@ -278,7 +297,9 @@ def main(argv=None) -> None:
             for dtype in probes:
                 probes[dtype].append(matmul_flops(dtype))
             for recipe in RECIPES:
-                result = in_child(run_recipe, recipe, tokenizer_dir, max_steps, args.batch_size)
+                result = in_child(
+                    run_recipe, recipe, tokenizer_dir, max_steps, args.batch_size, args.bf16, args.threads
+                )
                 timed = result["steps"][args.warmup :]
                 steps[recipe] += timed
                 peak_mib[recipe] = max(peak_mib[recipe], result["peak_mib"])
@@ -293,11 +314,11 @@ def main(argv=None) -> None:
         samples_per_s[recipe] = statistics.median(p[0] for p in per_second)
         tokens_per_s = statistics.median(p[1] for p in per_second)
         flops = statistics.median(step_flops(s, shape, args.batch_size) / s["seconds"] for s in timed)
-        dtype = "bfloat16" if recipe == "titlegen" else "float32"
+        dtype = "bfloat16" if recipe == "titlegen" and args.bf16 == "true" else "float32"
         rows.append(
             [
                 recipe,
-                "bf16 autocast" if recipe == "titlegen" else "fp32",
+                "bf16 autocast" if dtype == "bfloat16" else "fp32",
                 seconds,
                 samples_per_s[recipe],
                 tokens_per_s,
