@@ -44,7 +44,7 @@ def test_command_line_overrides_config():
     )
     assert training_args.learning_rate == 5e-4
     assert training_args.seed == 7
-    assert training_args.per_device_train_batch_size == 32  # from the YAML
+    assert training_args.per_device_train_batch_size == 16  # from the YAML
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
