@@ -89,3 +89,25 @@ def _train_tokenizer(argv: Sequence[str] | None) -> None:
 def tokenizer_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-tokenizer FILE.jsonl ... -o DIR [--vocab_size N]``."""
     return run(_train_tokenizer, argv)
+
+
+def _merge(argv: Sequence[str] | None) -> None:
+    from titlegen.lora import merge_adapter
+
+    parser = argparse.ArgumentParser(
+        prog="titlegen-merge",
+        description="Merge a LoRA adapter (the output_dir of a use_lora run) into its base model, writing a plain "
+        "checkpoint that loads with AutoModelForSeq2SeqLM.from_pretrained without peft.",
+    )
+    parser.add_argument("adapter_dir", help="adapter folder (adapter_config.json names its base model)")
+    parser.add_argument("-o", "--output_dir", required=True, help="model folder to write")
+    args = parser.parse_args(argv)
+
+    merge_adapter(args.adapter_dir, args.output_dir)
+    print(f"wrote {args.output_dir}")
+
+
+def merge_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-merge ADAPTER_DIR -o OUT``."""
+    return run(_merge, argv)
+
