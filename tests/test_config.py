@@ -80,3 +80,9 @@ def test_resolved_config_reproduces_the_run(tmp_path):
 def test_predict_flags_have_short_aliases():
     (args,) = parse_args((PredictArguments,), ["--model", "m", "--input", "a.jsonl", "--output", "b.jsonl"])
     assert (args.model_name_or_path, args.input_file, args.output_file) == ("m", "a.jsonl", "b.jsonl")
+
+
+@pytest.mark.parametrize("name", ["mt5_small_lora.yaml", "tiny_lora_offline.yaml"])
+def test_lora_configs_adapt_a_pretrained_model(name):
+    model_args, *_ = parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
+    assert model_args.use_lora and model_args.model_name_or_path
