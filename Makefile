@@ -34,3 +34,7 @@ demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, pred
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter char
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter auto
 	@head -n 5 outputs/demo/sample_predictions.jsonl
+
+.PHONY: bench-peft
+bench-peft:  ## trainable parameters, s/step and peak memory: full, LoRA, decoder-only, pruned vocabulary (~10 min)
+	$(PYTHON) -m bench.peft_cost $(ARGS)
