@@ -3,7 +3,7 @@
 mT5-small covers 101 languages with 250,112 tokens: its input embedding and output layer hold 85% of its
 300M parameters, and the output layer and its softmax dominate a training step. Chinese titles need a
 small share of those tokens. Pruning keeps every piece that the tokenizer gives the corpus (plus the
-special tokens and, with byte fallback, the 256 byte pieces) and renumbers them in their old order.
+special tokens and any byte pieces) and renumbers them in their old order.
 
 Why segmentation does not change: a Unigram tokenizer picks the segmentation with the highest total
 score (Viterbi). For a text whose original segmentation uses only kept pieces, that segmentation is
