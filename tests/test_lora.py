@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainingArguments
 
 from recipes.predict import predict
@@ -105,6 +106,11 @@ def test_a_lora_run_saves_only_the_adapter(lora_dir, trained_dir):
         names = list(weights.keys())
         assert names and all(".lora_A." in n or ".lora_B." in n for n in names)
         assert all(weights.get_tensor(n).abs().sum() > 0 for n in names if ".lora_B." in n), "B starts at 0"
+    # Merged, the run changed exactly the adapted layers of the base model.
+    base, merged = load_file(trained_dir / "model.safetensors"), load_file(lora_dir / "merged" / "model.safetensors")
+    assert base.keys() == merged.keys()
+    changed = {name for name in base if not torch.equal(base[name], merged[name])}
+    assert changed == {name for name in base if name.rsplit(".", 2)[-2] in ("q", "k", "v", "o")}
 
 
 def test_merged_model_equals_the_adapter_model(lora_dir):

@@ -136,3 +136,5 @@ def test_decoder_only_training_leaves_frozen_parameters_unchanged(trained_dir, t
     # The log states how many parameters train, and their share.
     trainable, total = map(int, re.search(r"parameters: (\d+) trainable of (\d+)", caplog.text).groups())
     assert trainable == sum(after[name].numel() for name in changed) and total == sum(t.numel() for t in after.values())
+    titles = predict(["--model", str(tmp_path), "--input", str(ARTICLES), "--output", str(tmp_path / "p.jsonl")])
+    assert len(titles) == len(read_lines(ARTICLES))
