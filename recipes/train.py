@@ -165,9 +165,10 @@ def train(argv: Sequence[str] | None = None) -> dict:
     # save the one we chose, so that prediction uses exactly max_new_tokens.
     trainer.model.generation_config = generation_config
     trainer.save_model()
-    generation_config.save_pretrained(output_dir)  # a LoRA adapter is saved without it
-    if model_args.use_lora and model_args.merge_lora:
-        merge_adapter(output_dir, output_dir / "merged")
+    if training_args.should_save:
+        generation_config.save_pretrained(output_dir)  # a LoRA adapter is saved without it
+        if model_args.use_lora and model_args.merge_lora:
+            merge_adapter(output_dir, output_dir / "merged")
     trainer.save_state()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

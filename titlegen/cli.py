@@ -96,6 +96,7 @@ def _merge(argv: Sequence[str] | None) -> None:
 
     parser = argparse.ArgumentParser(
         prog="titlegen-merge",
+        allow_abbrev=False,
         description="Merge a LoRA adapter (the output_dir of a use_lora run) into its base model, writing a plain "
         "checkpoint that loads with AutoModelForSeq2SeqLM.from_pretrained without peft.",
     )
@@ -119,6 +120,7 @@ def _prune_vocab(argv: Sequence[str] | None) -> dict:
 
     parser = argparse.ArgumentParser(
         prog="titlegen-prune-vocab",
+        allow_abbrev=False,
         description="Shrink a T5/mT5 model and its SentencePiece tokenizer to the tokens a corpus uses. Text "
         "segmented with kept tokens only gets the same tokens and the same logits as with the original model.",
     )

@@ -67,9 +67,9 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> None:
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG).is_file():
         raise TitlegenError(f"{adapter_dir}: not an adapter folder (it has no {ADAPTER_CONFIG})")
-    model = load_model(str(adapter_dir), merge_adapter=True)
-    tokenizer = load_tokenizer(str(adapter_dir))
-    with atomic_output_dir(output_dir) as tmp:
+    with atomic_output_dir(output_dir) as tmp:  # refuses an existing output before any work
+        model = load_model(str(adapter_dir), merge_adapter=True)
+        tokenizer = load_tokenizer(str(adapter_dir))
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if (adapter_dir / "run_config.yaml").is_file():

@@ -145,26 +145,24 @@ def prune_vocabulary(model_dir: str, texts: Iterable[str], output_dir: str | Pat
     from titlegen.data import atomic_output_dir, write_json
     from titlegen.modeling import count_parameters, load_model, load_tokenizer
 
-    tokenizer = load_tokenizer(model_dir)
-    model = load_model(model_dir)
-    if model.config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise TitlegenError(
-            f"{model_dir}: vocabulary pruning supports T5 and mT5 models, not {model.config.model_type}"
-        )
-    kept = kept_token_ids(tokenizer, texts, source_prefix)
-    vocab_size = model.config.vocab_size
-    if kept[-1] >= vocab_size:
-        raise TitlegenError(f"{model_dir}: the tokenizer has ids up to {kept[-1]} but the model only {vocab_size} rows")
-    parameters = count_parameters(model)[1]
+    with atomic_output_dir(output_dir) as tmp:  # refuses an existing output before any work
+        tokenizer = load_tokenizer(model_dir)
+        model = load_model(model_dir)
+        if model.config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise TitlegenError(
+                f"{model_dir}: vocabulary pruning supports T5 and mT5 models, not {model.config.model_type}"
+            )
+        kept = kept_token_ids(tokenizer, texts, source_prefix)
+        vocab_size, parameters = model.config.vocab_size, count_parameters(model)[1]
+        if kept[-1] >= vocab_size:
+            raise TitlegenError(f"{model_dir}: the tokenizer has ids up to {kept[-1]}, the model {vocab_size} rows")
 
-    pruned_tokenizer = prune_tokenizer(tokenizer, kept)
-    prune_model(model, kept)
-    sizes = {"vocab_size": [vocab_size, len(kept)], "parameters": [parameters, count_parameters(model)[1]]}
-    spiece = _sentencepiece_file(tokenizer, model_dir)
-    with atomic_output_dir(output_dir) as tmp:
+        pruned_tokenizer = prune_tokenizer(tokenizer, kept)
+        prune_model(model, kept)
+        sizes = {"vocab_size": [vocab_size, len(kept)], "parameters": [parameters, count_parameters(model)[1]]}
         model.save_pretrained(tmp)
         pruned_tokenizer.save_pretrained(tmp)
-        if spiece:
+        if spiece := _sentencepiece_file(tokenizer, model_dir):
             (tmp / "spiece.model").write_bytes(prune_sentencepiece(spiece, kept, tokenizer))
         if (Path(model_dir) / "run_config.yaml").is_file():
             shutil.copyfile(Path(model_dir) / "run_config.yaml", tmp / "run_config.yaml")
