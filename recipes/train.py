@@ -44,11 +44,13 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen.data import read_jsonl, split_records, write_jsonl
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
+    from titlegen.lora import add_lora, merge_adapter
     from titlegen.metrics import build_compute_metrics, get_segmenter
     from titlegen.modeling import (
         build_model,
         configure_cpu,
         count_parameters,
+        freeze_embeddings,
         freeze_encoder,
         load_model,
         load_tokenizer,
@@ -106,6 +108,12 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
     if model_args.freeze_encoder:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
+    if model_args.freeze_embeddings:
+        logger.info("froze %d embedding parameters", freeze_embeddings(model))
+    if model_args.use_lora:
+        model = add_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     generation_config = title_generation_config(
@@ -158,6 +166,10 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     # save the one we chose, so that prediction uses exactly max_new_tokens.
     trainer.model.generation_config = generation_config
     trainer.save_model()
+    if training_args.should_save:
+        generation_config.save_pretrained(output_dir)  # a LoRA adapter is saved without it
+        if model_args.use_lora and model_args.merge_lora:
+            merge_adapter(output_dir, output_dir / "merged")
     trainer.save_state()
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)

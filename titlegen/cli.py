@@ -89,3 +89,61 @@ def _train_tokenizer(argv: Sequence[str] | None) -> None:
 def tokenizer_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-tokenizer FILE.jsonl ... -o DIR [--vocab_size N]``."""
     return run(_train_tokenizer, argv)
+
+
+def _merge(argv: Sequence[str] | None) -> None:
+    from titlegen.lora import merge_adapter
+
+    parser = argparse.ArgumentParser(
+        prog="titlegen-merge",
+        allow_abbrev=False,
+        description="Merge a LoRA adapter (the output_dir of a use_lora run) into its base model, writing a plain "
+        "checkpoint that loads with AutoModelForSeq2SeqLM.from_pretrained without peft.",
+    )
+    parser.add_argument("adapter_dir", help="adapter folder (adapter_config.json names its base model)")
+    parser.add_argument("-o", "--output_dir", required=True, help="model folder to write")
+    args = parser.parse_args(argv)
+
+    merge_adapter(args.adapter_dir, args.output_dir)
+    print(f"wrote {args.output_dir}")
+
+
+def merge_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-merge ADAPTER_DIR -o OUT``."""
+    return run(_merge, argv)
+
+
+def _prune_vocab(argv: Sequence[str] | None) -> dict:
+    from titlegen.data import read_jsonl
+    from titlegen.modeling import trained_settings
+    from titlegen.prune import prune_vocabulary
+
+    parser = argparse.ArgumentParser(
+        prog="titlegen-prune-vocab",
+        allow_abbrev=False,
+        description="Shrink a T5/mT5 model and its SentencePiece tokenizer to the tokens a corpus uses. Text "
+        "segmented with kept tokens only gets the same tokens and the same logits as with the original model.",
+    )
+    parser.add_argument("model_dir", help="model folder (or hub id) with its tokenizer")
+    parser.add_argument("--corpus", nargs="+", required=True, help="jsonl files whose text the model must handle")
+    parser.add_argument("-o", "--output_dir", required=True, help="model folder to write")
+    parser.add_argument("--columns", nargs="+", default=["maintext", "title"], help="fields whose text to keep")
+    parser.add_argument(
+        "--source_prefix", default=None, help="prefix the articles get (default: the model's run_config.yaml)"
+    )
+    args = parser.parse_args(argv)
+
+    texts = [r[c] for path in args.corpus for r in read_jsonl(path, fields=args.columns) for c in args.columns]
+    prefix = trained_settings(args.model_dir)["source_prefix"] if args.source_prefix is None else args.source_prefix
+    sizes = prune_vocabulary(args.model_dir, texts, args.output_dir, prefix)
+    (vocab_before, vocab_after), (params_before, params_after) = sizes["vocab_size"], sizes["parameters"]
+    print(
+        f"wrote {args.output_dir}: {vocab_after:,} of {vocab_before:,} tokens kept; "
+        f"parameters {params_before:,} -> {params_after:,} ({params_after / params_before:.1%})"
+    )
+    return sizes
+
+
+def prune_vocab_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-prune-vocab MODEL_DIR --corpus FILE.jsonl ... -o OUT``."""
+    return run(_prune_vocab, argv)

@@ -6,10 +6,12 @@ output file is written atomically: it appears complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
@@ -142,3 +144,22 @@ def split_records(records: list[dict], percentage: float, seed: int) -> tuple[li
     held_out = set(order[:n_eval])
     train = [r for i, r in enumerate(records) if i not in held_out]
     return train, [records[i] for i in sorted(held_out)]
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary folder that becomes `path` when the block succeeds, and vanishes when it fails.
+
+    An existing file or non-empty folder at `path` is refused, so a finished output is never overwritten.
+    """
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise TitlegenError(f"{path} already exists; choose another output folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.replace(tmp, path)  # replaces an empty folder too
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
