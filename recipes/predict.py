@@ -1,17 +1,21 @@
 """Write a title for every article of a jsonl file.
 
     titlegen-predict --model outputs/tiny_offline --input public.jsonl --output submission.jsonl
+    titlegen-predict ... --strategy beam --num_beams 5 --no_repeat_ngram_size 3
 
 Input: the course's format (``id`` and ``maintext``; ``title`` is not needed). Output: one
 ``{"title": ..., "id": ...}`` per line, in input order, UTF-8, written atomically. Preprocessing
 (max_source_length, source_prefix, column names) follows the model's run_config.yaml when it has one;
-decoding follows the model's generation_config.json unless a flag below overrides it.
+decoding follows the model's generation_config.json, or a --strategy preset, and any flag below overrides
+either. Sampling is seeded per article: the same command gives the same titles, in any batch size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from titlegen.strategies import STRATEGIES
 
 
 @dataclass
@@ -27,7 +31,11 @@ class PredictArguments:
     max_source_length: int | None = field(default=None, metadata={"help": "Input tokens (default: as trained)."})
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
     bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
-    seed: int = field(default=42, metadata={"help": "Seed for sampling strategies."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling; a title depends only on it and its article."})
+    strategy: str | None = field(
+        default=None,
+        metadata={"help": f"Decoding preset: {', '.join(STRATEGIES)} (default: the model's generation config)."},
+    )
     num_beams: int | None = field(default=None, metadata={"help": "Beam width (1 = greedy)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title, in tokens."})
     do_sample: bool | None = field(default=None, metadata={"help": "Sample instead of searching."})
@@ -62,8 +70,10 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.data import check_distinct_paths, read_jsonl, write_jsonl
     from titlegen.generation import generate_titles
     from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
+    from titlegen.strategies import decoding_arguments
 
     check_distinct_paths(args.input_file, args.output_file)
+    generate_kwargs = decoding_arguments(args.strategy, **{name: getattr(args, name) for name in GENERATE_FLAGS})
     trained = trained_settings(args.model_name_or_path)
     text_column = args.text_column or trained["text_column"]
     id_column = args.id_column or trained["id_column"]
@@ -76,7 +86,6 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     model = load_model(args.model_name_or_path)
     if torch.cuda.is_available():
         model = model.cuda()
-    generate_kwargs = {name: getattr(args, name) for name in GENERATE_FLAGS if getattr(args, name) is not None}
     titles = generate_titles(
         model,
         tokenizer,
@@ -85,6 +94,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
         max_source_length=args.max_source_length or trained["max_source_length"],
         source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
         bf16=args.bf16,
+        seed=args.seed,
         **generate_kwargs,
     )
     predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records, strict=True)]

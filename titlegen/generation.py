@@ -1,11 +1,25 @@
-"""Batched title generation: length-sorted batches, inference mode, original order restored."""
+"""Batched title generation: length-sorted batches, inference mode, original order restored.
+
+Two things transformers' ``generate`` does not do for us, both exact:
+
+* Beam search reorders the cross-attention cache at every step, although it holds the same keys and
+  values for every beam of an article (`beam_search_cache` skips that copy).
+* Sampling draws every row of a batch from one random generator, so a sampled title changes with the
+  batch size and with the articles batched beside it (`ArticleSeededSampling` gives each article its own).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import hashlib
 from collections.abc import Sequence
 
 from titlegen.preprocessing import source_texts
+
+# transformers samples from the 50 likeliest tokens unless top_k says otherwise.
+DEFAULT_TOP_K = 50
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -52,6 +66,7 @@ def generate_titles(
     max_source_length: int = 256,
     source_prefix: str = "",
     bf16: bool = False,
+    seed: int | None = None,
     progress: bool = True,
     **generate_kwargs,
 ) -> list[str]:
@@ -65,6 +80,8 @@ def generate_titles(
         max_source_length: Articles are truncated to this many tokens.
         source_prefix: Text put before each article, as in training.
         bf16: Run under bfloat16 autocast (on CPU and CUDA).
+        seed: When sampling, each article draws from its own generator seeded with `seed` and its text,
+            so that its title is the same in any batch. None draws from torch's global generator.
         progress: Show a progress bar with titles per second.
         **generate_kwargs: Passed to ``model.generate`` (``num_beams``, ``max_new_tokens``, ...).
     """
@@ -76,6 +93,8 @@ def generate_titles(
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
     device = next(model.parameters()).device
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    config = copy.deepcopy(model.generation_config)
+    config.update(**generate_kwargs)
     titles: list[str | None] = [None] * len(texts)
     model.eval()
     with (
@@ -85,8 +104,119 @@ def generate_titles(
     ):
         for batch in batches:
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-            output = model.generate(**inputs, **generate_kwargs)
+            arguments = {**generate_kwargs, **_batch_arguments(model, config, [texts[i] for i in batch], seed)}
+            output = model.generate(**inputs, **arguments)
             for i, title in zip(batch, decode_titles(tokenizer, output.cpu()), strict=True):
                 titles[i] = title
             bar.update(len(batch))
     return titles
+
+
+def _batch_arguments(model, config, texts: list[str], seed: int | None) -> dict:
+    """generate arguments for one batch: the beam search cache, or per-article sampling."""
+    num_beams = config.num_beams or 1
+    if num_beams > 1 and model.config.is_encoder_decoder and config.cache_implementation is None:
+        return {"past_key_values": beam_search_cache(model)}
+    if config.do_sample and num_beams == 1 and seed is not None:
+        return article_seeded_sampling(config, [article_seed(seed, t) for t in texts]) or {}
+    return {}
+
+
+def beam_search_cache(model):
+    """A fresh cache for one beam search of the encoder-decoder `model`.
+
+    After each step, beam search reorders the cache to follow the surviving beams. A beam only takes
+    the place of another beam of its own article, and all beams of an article attend to the same
+    encoder output, so their cross-attention keys and values are equal; transformers' reordering copies
+    num_layers x 2 tensors of (batch x beams, heads, source length, d_kv) at every step for nothing.
+    This cache reorders only the self-attention part. The titles are exactly those of transformers'.
+    """
+    from transformers import DynamicCache
+
+    config = model.config.get_text_config(decoder=True)
+    return _beam_search_cache_class()(DynamicCache(config=config), DynamicCache(config=config))
+
+
+@functools.cache
+def _beam_search_cache_class():
+    from transformers import EncoderDecoderCache
+
+    class BeamSearchCache(EncoderDecoderCache):
+        def reorder_cache(self, beam_idx):
+            self.self_attention_cache.reorder_cache(beam_idx)
+
+    return BeamSearchCache
+
+
+def article_seed(seed: int, text: str) -> int:
+    """A 64-bit seed for one article: the same article and run seed always give the same one."""
+    digest = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+class ArticleSeededSampling:
+    """A logits processor that adds Gumbel noise drawn from one generator per article.
+
+    The argmax of scores plus Gumbel noise is an exact sample from softmax(scores) (the Gumbel-max
+    trick), so greedy search over these scores samples, each article from its own random stream.
+
+    Args:
+        seeds: One seed per row of the batch (see `article_seed`).
+    """
+
+    def __init__(self, seeds: Sequence[int]):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows of scores for {len(self.generators)} articles")
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp_(min=torch.finfo(uniform.dtype).tiny)))
+        return scores + gumbel.to(scores.device)
+
+
+def article_seeded_sampling(config, seeds: Sequence[int]) -> dict | None:
+    """generate arguments that sample as `config` does, each article with its own generator.
+
+    transformers applies temperature, top-k and top-p (in that order) only when do_sample is set, and
+    then draws with one generator for the batch. Here the same warpers, followed by
+    `ArticleSeededSampling`, run as logits processors of greedy search.
+
+    Returns:
+        The arguments, or None when `config` uses a sampling setting not handled here (typical_p,
+        epsilon or eta cutoffs, top_h, several return sequences): transformers' sampling applies then.
+    """
+    from transformers import LogitsProcessorList
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    unhandled = (config.typical_p or 1.0) < 1.0 or config.epsilon_cutoff or config.eta_cutoff or config.top_h
+    if unhandled or (config.num_return_sequences or 1) > 1:
+        return None
+    warpers = []
+    if config.temperature is not None and config.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(config.temperature))
+    top_k = DEFAULT_TOP_K if config.top_k is None else config.top_k
+    if top_k != 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if config.top_p is not None and config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(config.top_p))
+    if config.min_p is not None:
+        warpers.append(MinPLogitsWarper(config.min_p))
+    return {
+        # The warpers' settings return to their neutral values, so greedy search leaves them to the processors.
+        "do_sample": False,
+        "temperature": 1.0,
+        "top_k": DEFAULT_TOP_K,
+        "top_p": 1.0,
+        "min_p": None,
+        "logits_processor": LogitsProcessorList([*warpers, ArticleSeededSampling(seeds)]),
+    }
