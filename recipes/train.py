@@ -5,7 +5,7 @@
 Reads the course's jsonl (id, maintext, title), trains with transformers' Seq2SeqTrainer, scores
 each evaluation with tw_rouge, and writes to output_dir: the final model and tokenizer (loadable with
 ``from_pretrained``), run_config.yaml (re-runnable with ``--config``), train/eval metrics JSON,
-eval_predictions.jsonl, trainer_state.json and checkpoints.
+eval_predictions.jsonl, trainer_state.json, learning_curves.png and checkpoints.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def train(argv: Sequence[str] | None = None) -> dict:
         load_model,
         load_tokenizer,
     )
+    from titlegen.plotting import plot_learning_curves
     from titlegen.preprocessing import make_tokenize_fn
     from titlegen.tokenizer import train_tokenizer
 
@@ -152,6 +153,8 @@ def train(argv: Sequence[str] | None = None) -> dict:
     trainer.model.generation_config = generation_config
     trainer.save_model()
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        plot_learning_curves(trainer.state.log_history, output_dir / "learning_curves.png", title=str(output_dir))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
 
