@@ -7,7 +7,7 @@ OUT ?= predictions.jsonl
 ARGS ?=
 DATA := ../shared/data
 
-.PHONY: install test lint train predict eval demo
+.PHONY: install test lint train predict eval demo bench
 
 install:  ## torch first (pinned, so pip does not pull a CUDA build on CPU machines), then titlegen
 	$(PYTHON) -m pip install "$(TORCH)"
@@ -34,3 +34,6 @@ demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, pred
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter char
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter auto
 	@head -n 5 outputs/demo/sample_predictions.jsonl
+
+bench:  ## the benchmarks in bench/ (see bench/README.md); ARGS are passed to each
+	@for script in bench/*.py; do echo "== $$script"; $(PYTHON) $$script $(ARGS) || exit 1; done

@@ -36,6 +36,12 @@ def test_titles_come_back_in_input_order_whatever_the_batch_size(model, tokenize
         arguments = decoding_arguments(strategy)
         one_by_one = titles(model, tokenizer, batch_size=1, **arguments)
         assert titles(model, tokenizer, batch_size=5, **arguments) == one_by_one, strategy
+    assert model.config._attn_implementation == "sdpa", "eager attention is only borrowed while generating"
+
+
+def test_bf16_generation_writes_a_title_per_article(model, tokenizer):
+    generated = titles(model, tokenizer, batch_size=5, bf16=True, num_beams=2)
+    assert len(generated) == len(ARTICLE_TEXTS) and all(isinstance(t, str) for t in generated)
 
 
 def test_beam_search_gives_transformers_titles(model, tokenizer):

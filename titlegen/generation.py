@@ -1,11 +1,12 @@
 """Batched title generation: length-sorted batches, inference mode, original order restored.
 
-Two things transformers' ``generate`` does not do for us, both exact:
+Beyond what transformers' ``generate`` does:
 
 * Beam search reorders the cross-attention cache at every step, although it holds the same keys and
-  values for every beam of an article (`beam_search_cache` skips that copy).
+  values for every beam of an article; `beam_search_cache` skips that copy (the titles stay the same).
 * Sampling draws every row of a batch from one random generator, so a sampled title changes with the
-  batch size and with the articles batched beside it (`ArticleSeededSampling` gives each article its own).
+  batch size and with the articles batched beside it; `ArticleSeededSampling` gives each article its own.
+* On CPU, eager attention decodes faster than SDPA (the same computation, rounded differently in bf16).
 """
 
 from __future__ import annotations
@@ -92,14 +93,21 @@ def generate_titles(
     encoded = tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"]
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
     device = next(model.parameters()).device
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    if bf16:
+        # Autocast casts each weight to bfloat16 once and caches it, but not under inference_mode, where it casts
+        # every weight again at every call (linear layers run ~3x slower on CPU); no_grad keeps the cache.
+        no_grad = torch.no_grad()
+        autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    else:
+        no_grad, autocast = torch.inference_mode(), contextlib.nullcontext()
     config = copy.deepcopy(model.generation_config)
     config.update(**generate_kwargs)
     titles: list[str | None] = [None] * len(texts)
     model.eval()
     with (
-        torch.inference_mode(),
+        no_grad,
         autocast,
+        _eager_attention_on_cpu(model),
         tqdm(total=len(texts), desc="generating", unit="title", disable=not progress) as bar,
     ):
         for batch in batches:
@@ -110,6 +118,24 @@ def generate_titles(
                 titles[i] = title
             bar.update(len(batch))
     return titles
+
+
+@contextlib.contextmanager
+def _eager_attention_on_cpu(model):
+    """Switches a CPU model to transformers' eager attention for the duration, then back.
+
+    Decoding attends from one new token at a time; for that, torch's SDPA kernels on CPU are slower than the
+    plain matmul-softmax-matmul of eager attention (beam search runs ~25% faster under bf16, as fast in fp32).
+    """
+    previous = model.config._attn_implementation
+    if model.device.type != "cpu" or previous != "sdpa":
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def _batch_arguments(model, config, texts: list[str], seed: int | None) -> dict:
