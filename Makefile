@@ -36,7 +36,7 @@ demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, pred
 	@head -n 5 outputs/demo/sample_predictions.jsonl
 
 bench:  ## every benchmark in bench/ on real data (see bench/README.md; the quality one trains for up to an hour)
-	for f in bench/[!_]*.py; do $(PYTHON) -m bench.$$(basename $$f .py) || exit 1; done
+	for f in bench/[!_]*.py; do echo "== $$f"; $(PYTHON) -m bench.$$(basename $$f .py) $(ARGS) || exit 1; done
 
 .PHONY: bench-peft
 bench-peft:  ## trainable parameters, s/step and peak memory: full, LoRA, decoder-only, pruned vocabulary (~10 min)

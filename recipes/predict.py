@@ -1,13 +1,15 @@
 """Write a title for every article of a jsonl file.
 
     titlegen-predict --model outputs/tiny_offline --input public.jsonl --output submission.jsonl
+    titlegen-predict ... --strategy beam --num_beams 5 --no_repeat_ngram_size 3
 
 Input: the course's format (``id`` and ``maintext``; ``title`` is not needed). Output: one
 ``{"title": ..., "id": ...}`` per line, in input order, UTF-8, written atomically. Finished titles are
 kept in OUTPUT.progress as they are generated: rerun the same command after an interruption and only
 the missing titles are generated. Preprocessing
 (max_source_length, source_prefix, column names) follows the model's run_config.yaml when it has one;
-decoding follows the model's generation_config.json unless a flag below overrides it.
+decoding follows the model's generation_config.json, or a --strategy preset, and any flag below overrides
+either. Sampling is seeded per article: the same command gives the same titles, in any batch size.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from titlegen.strategies import STRATEGIES
 
 
 @dataclass
@@ -30,7 +34,11 @@ class PredictArguments:
     max_source_length: int | None = field(default=None, metadata={"help": "Input tokens (default: as trained)."})
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
     bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
-    seed: int = field(default=42, metadata={"help": "Seed for sampling strategies."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling; a title depends only on it and its article."})
+    strategy: str | None = field(
+        default=None,
+        metadata={"help": f"Decoding preset: {', '.join(STRATEGIES)} (default: the model's generation config)."},
+    )
     num_beams: int | None = field(default=None, metadata={"help": "Beam width (1 = greedy)."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title, in tokens."})
     do_sample: bool | None = field(default=None, metadata={"help": "Sample instead of searching."})
@@ -66,8 +74,10 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.generation import generate_titles
     from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
     from titlegen.progress import PredictionProgress, run_fingerprint
+    from titlegen.strategies import decoding_arguments
 
     check_distinct_paths(args.input_file, args.output_file)
+    generate_kwargs = decoding_arguments(args.strategy, **{name: getattr(args, name) for name in GENERATE_FLAGS})
     trained = trained_settings(args.model_name_or_path)
     text_column = args.text_column or trained["text_column"]
     id_column = args.id_column or trained["id_column"]
@@ -80,8 +90,6 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     model = load_model(args.model_name_or_path)
     if torch.cuda.is_available():
         model = model.cuda()
-    generate_kwargs = {name: getattr(args, name) for name in GENERATE_FLAGS if getattr(args, name) is not None}
-
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     settings = {k: v for k, v in vars(args).items() if k != "output_file"}
     model_files = [p for p in Path(args.model_name_or_path).glob("*") if p.is_file()]

@@ -5,7 +5,7 @@
 Reads the course's jsonl (id, maintext, title), trains with transformers' Seq2SeqTrainer, scores
 each evaluation with tw_rouge, and writes to output_dir: the final model and tokenizer (loadable with
 ``from_pretrained``), run_config.yaml (re-runnable with ``--config``), train/eval metrics JSON,
-eval_predictions.jsonl, trainer_state.json and checkpoints.
+eval_predictions.jsonl, trainer_state.json, learning_curves.png and checkpoints.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         load_model,
         load_tokenizer,
     )
+    from titlegen.plotting import plot_learning_curves
     from titlegen.preprocessing import make_tokenize_fn, to_features
     from titlegen.tokenizer import train_tokenizer
 
@@ -171,6 +172,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         if model_args.use_lora and model_args.merge_lora:
             merge_adapter(output_dir, output_dir / "merged")
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        plot_learning_curves(trainer.state.log_history, output_dir / "learning_curves.png", title=str(output_dir))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
 

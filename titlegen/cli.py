@@ -147,3 +147,26 @@ def _prune_vocab(argv: Sequence[str] | None) -> dict:
 def prune_vocab_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-prune-vocab MODEL_DIR --corpus FILE.jsonl ... -o OUT``."""
     return run(_prune_vocab, argv)
+
+
+def _plot(argv: Sequence[str] | None) -> None:
+    from pathlib import Path
+
+    from titlegen.plotting import plot_learning_curves, read_log_history
+
+    parser = argparse.ArgumentParser(
+        prog="titlegen-plot",
+        description="Plot a training run's learning curves (loss, and evaluation ROUGE-1/2/L) against the step.",
+    )
+    parser.add_argument("run_dir", help="a titlegen-train output_dir (or a checkpoint) with trainer_state.json")
+    parser.add_argument("-o", "--output", default=None, help="PNG to write (default: RUN_DIR/learning_curves.png)")
+    args = parser.parse_args(argv)
+
+    output = args.output or str(Path(args.run_dir) / "learning_curves.png")
+    plot_learning_curves(read_log_history(args.run_dir), output, title=str(args.run_dir))
+    print(f"wrote {output}")
+
+
+def plot_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-plot RUN_DIR [-o OUT.png]``."""
+    return run(_plot, argv)

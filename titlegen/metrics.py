@@ -206,3 +206,23 @@ def build_compute_metrics(tokenizer, segmenter, num_samples: int | None = None) 
         return metrics
 
     return compute_metrics
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(titles: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): the share of all titles' n-grams that are different, in [0, 1].
+
+    Tokens are characters (runs of ASCII letters and digits count as one). Low values mean the titles
+    repeat each other, as a model that writes one title for every article does.
+    """
+    grams = [g for tokens in CharSegmenter()(titles) for g in _ngrams(tokens, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(titles: Sequence[str], n: int = 2) -> float:
+    """The share of titles that repeat one of their own n-grams of characters (e.g. 台灣台灣), in [0, 1]."""
+    grams = [_ngrams(tokens, n) for tokens in CharSegmenter()(titles)]
+    return sum(len(set(g)) < len(g) for g in grams) / len(grams) if grams else 0.0
