@@ -147,3 +147,34 @@ def _prune_vocab(argv: Sequence[str] | None) -> dict:
 def prune_vocab_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-prune-vocab MODEL_DIR --corpus FILE.jsonl ... -o OUT``."""
     return run(_prune_vocab, argv)
+
+
+def _estimate(argv: Sequence[str] | None) -> None:
+    from transformers import Seq2SeqTrainingArguments
+
+    from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
+    from titlegen.memory import GIB, estimate_training_memory, memory_settings, meta_model
+
+    model_args, data_args, _, training_args = parse_args(
+        (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments),
+        argv,
+        description="Estimate the peak memory of one training step of a config, per device, without "
+        "loading the model's weights. Takes the same --config and flags as titlegen-train.",
+    )
+    settings = memory_settings(training_args, data_args)
+    model = meta_model(model_args)
+    estimate = estimate_training_memory(model, **settings)
+    print(
+        f"One training step of {model.config.model_type} on one device, every batch full length (the worst case):\n"
+        + ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
+        + "\n"
+    )
+    print(estimate.table())
+    sizes = [2**i for i in range(8)]
+    peaks = {b: estimate_training_memory(model, **{**settings, "per_device_train_batch_size": b}).peak for b in sizes}
+    print("\npeak by per_device_train_batch_size: " + ", ".join(f"{b}: {p / GIB:.1f} GiB" for b, p in peaks.items()))
+
+
+def estimate_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-estimate --config FILE [--key value ...]``: the memory a training config needs."""
+    return run(_estimate, argv)
