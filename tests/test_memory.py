@@ -130,7 +130,7 @@ def test_estimate_command_counts_the_model_the_recipe_builds(tokenizer, capsys):
     _, total = count_parameters(build_model("mt5", tokenizer, TINY_MODEL))
     assert f"{total:,} parameters" in out
     assert "per_device_train_batch_size 32" in out and "max_source_length 128" in out
-    peaks = [float(p.split()[1]) for p in out.split("peak by per_device_train_batch_size: ")[1].split(", ")]
+    peaks = [in_bytes(p.split(": ")[1]) for p in out.split("peak by per_device_train_batch_size: ")[1].split(", ")]
     assert peaks == sorted(peaks) and len(peaks) == 8
 
 

@@ -153,7 +153,7 @@ def _estimate(argv: Sequence[str] | None) -> None:
     from transformers import Seq2SeqTrainingArguments
 
     from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
-    from titlegen.memory import GIB, estimate_training_memory, memory_settings, meta_model
+    from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
 
     model_args, data_args, _, training_args = parse_args(
         (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments),
@@ -166,13 +166,13 @@ def _estimate(argv: Sequence[str] | None) -> None:
     estimate = estimate_training_memory(model, **settings)
     print(
         f"One training step of {model.config.model_type} on one device, every batch full length (the worst case):\n"
-        + ", ".join(f"{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items())
+        + ", ".join(f"{k} {format_value(v)}" for k, v in settings.items())
         + "\n"
     )
     print(estimate.table())
     sizes = [2**i for i in range(8)]
     peaks = {b: estimate_training_memory(model, **{**settings, "per_device_train_batch_size": b}).peak for b in sizes}
-    print("\npeak by per_device_train_batch_size: " + ", ".join(f"{b}: {p / GIB:.1f} GiB" for b, p in peaks.items()))
+    print("\npeak by per_device_train_batch_size: " + ", ".join(f"{b}: {format_bytes(p)}" for b, p in peaks.items()))
 
 
 def estimate_main(argv: Sequence[str] | None = None) -> int:

@@ -59,6 +59,7 @@ class MemoryEstimate:
 
     parameters: int
     trainable: int
+    optim: str
     weights: int
     gradients: int
     optimizer_state: int
@@ -73,7 +74,7 @@ class MemoryEstimate:
         rows = [
             ("weights", self.weights, f"{self.parameters:,} parameters, fp32"),
             ("gradients", self.gradients, f"{self.trainable:,} trainable, fp32"),
-            ("optimizer state", self.optimizer_state, ""),
+            ("optimizer state", self.optimizer_state, self.optim),
             ("activations", self.activations, "kept for the backward pass, per micro-batch"),
             ("logits", self.logits, "batch x target length x vocabulary floats, 3 copies in the loss's backward"),
             ("optimizer step", self.step_temporaries, "temporaries while the weights are updated"),
@@ -161,6 +162,7 @@ def estimate_training_memory(
     return MemoryEstimate(
         parameters=n_parameters,
         trainable=n_trainable,
+        optim=optim,
         weights=FP32 * n_parameters,
         gradients=gradients,
         optimizer_state=optimizer_state,
@@ -262,6 +264,11 @@ def format_bytes(size: int) -> str:
     return f"{size / 2**10:.1f} KiB"
 
 
+def format_value(value) -> str:
+    """A setting's value as it is written on the command line (``true``, not ``True``)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def memory_settings(*configs) -> dict:
     """The settings in `SETTINGS`, read from parsed config dataclasses (enums as their values)."""
     return {name: _value(getattr(c, name)) for name in SETTINGS for c in configs if hasattr(c, name)}
@@ -316,7 +323,7 @@ def training_advice(trainer, data_args) -> str:
         lines = [
             f"out of memory while training: per_device_train_batch_size {settings['per_device_train_batch_size']} "
             f"x gradient_accumulation_steps {args.gradient_accumulation_steps}, {lengths}, {precision}, "
-            f"optim {settings['optim']}, activation_checkpointing {str(args.activation_checkpointing).lower()}"
+            f"optim {settings['optim']}, activation_checkpointing {format_value(args.activation_checkpointing)}"
             + ("." if peak is None else f" (estimated peak {format_bytes(peak)})."),
             "Try these switches, in order (each as a flag or in the config):",
             *_numbered(_training_switches(model, settings)),
@@ -378,7 +385,7 @@ def _training_switches(model, settings: dict) -> list[str]:
     ranked.append((shorter, _estimated_peak(model, settings, shorter[0])))
     lines = []
     for (flags, why), peak in ranked:
-        switch = " ".join(f"--{k} {str(v).lower() if isinstance(v, bool) else v}" for k, v in flags.items())
+        switch = " ".join(f"--{k} {format_value(v)}" for k, v in flags.items())
         estimate = "" if peak is None else f" (estimated peak {format_bytes(peak)})"
         lines.append(f"{switch}   {why}{estimate}")
     return lines
