@@ -1,7 +1,7 @@
 """Peak memory of one mT5-small training step for each memory switch: measured, and estimated.
 
-    python bench/memory.py                 # about 30 minutes on 2 CPU cores (or on a GPU, if there is one)
-    python bench/memory.py --batch_size 8 --source_length 64
+    python -m bench.memory                 # about 30 minutes on 2 CPU cores (or on a GPU, if there is one)
+    python -m bench.memory --batch_size 8 --source_length 64
 
 The model has mT5-small's shape (MT5Config's defaults: d_model 512, 8 + 8 layers, 6 heads, d_ff 1024,
 the full 250,112-token vocabulary) with its own output layer, as google/mt5-small has, and random
@@ -35,8 +35,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout: `python bench/memory.py`
-
 LCSTS = ROOT.parent / "shared" / "data" / "lcsts"
 RESULTS = ROOT / "bench" / "results"
 GIB = 2**30
@@ -64,21 +62,16 @@ def configurations(batch_size: int) -> dict[str, dict]:
     }
 
 
-def mt5_small(device: str | None = None):
-    """A randomly initialised model of mT5-small's shape, with a separate output layer.
-
-    google/mt5-small has its own 250,112 x 512 output layer (lm_head), but transformers 5.23's
-    MT5Config always sets tie_word_embeddings=True (the released config says false). The output layer
-    gets its own weight back after construction, and with tie_word_embeddings off, `tie_weights()`
-    leaves it alone.
-    """
+def mt5_small(device: str = "cpu"):
+    """A randomly initialised model of mT5-small's shape with its own output layer, as google/mt5-small has."""
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
 
-    with torch.device(device or "cpu"):
+    from titlegen.modeling import untie_output_layer
+
+    with torch.device(device):
         model = MT5ForConditionalGeneration(MT5Config())
-    model.config.tie_word_embeddings = False
-    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+        untie_output_layer(model)  # MT5Config always ties it
     return model
 
 
@@ -155,11 +148,11 @@ def measure(settings: dict, tokenizer_dir: str, source_length: int, target_lengt
 
 def run_child(settings: dict, options: argparse.Namespace, tokenizer_dir: str) -> dict:
     """`measure` in a fresh Python process (see the module docstring for why)."""
-    command = [sys.executable, __file__, "--child", json.dumps(settings), "--tokenizer_dir", tokenizer_dir,
+    command = [sys.executable, "-m", "bench.memory", "--child", json.dumps(settings), "--tokenizer_dir", tokenizer_dir,
                "--source_length", str(options.source_length), "--target_length", str(options.target_length),
                "--steps", str(options.steps)]  # fmt: skip
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"configuration {settings} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])

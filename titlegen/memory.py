@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 from titlegen import TitlegenError
 
@@ -236,23 +235,44 @@ def activation_bytes_per_example(
 def meta_model(model_args):
     """The model a training run with `model_args` would train, built on the ``meta`` device (no memory).
 
-    A model built from scratch gets tokenizer_vocab_size tokens, the most its tokenizer can have.
+    Frozen parts and LoRA adapters are applied as the training recipe applies them. A model built from
+    scratch gets tokenizer_vocab_size tokens, the most its tokenizer can have.
     """
     import torch
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM, PretrainedConfig
 
-    from titlegen.modeling import freeze_encoder, load_config, new_model_config
+    from titlegen.lora import add_lora
+    from titlegen.modeling import (
+        freeze_embeddings,
+        freeze_encoder,
+        load_config,
+        new_model_config,
+        untie_output_layer,
+    )
 
     if model_args.model_name_or_path:
         config = load_config(model_args.model_name_or_path, model_args.cache_dir)
+        saved, _ = PretrainedConfig.get_config_dict(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
     else:
         config = new_model_config(
             model_args.model_type, model_args.config_overrides, vocab_size=model_args.tokenizer_vocab_size
         )
+        saved = {}
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(config)
-    if model_args.freeze_encoder:
-        freeze_encoder(model)
+        tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+        if tied and saved.get("tie_word_embeddings") is False:
+            # google/mt5-small keeps its output layer apart, and from_pretrained loads it so, although
+            # MT5Config always says tie_word_embeddings=True; its config.json says false.
+            untie_output_layer(model)
+        if model_args.freeze_encoder:
+            freeze_encoder(model)
+        if model_args.freeze_embeddings:
+            freeze_embeddings(model)
+        if model_args.use_lora:
+            model = add_lora(
+                model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+            )
     return model
 
 
@@ -309,6 +329,8 @@ def training_advice(trainer, data_args) -> str:
         trainer: The trainer; whether its model was in training mode tells training from evaluation.
         data_args: The run's `DataArguments` (sequence lengths).
     """
+    from titlegen.checkpoints import last_complete_checkpoint
+
     args, model = trainer.args, trainer.model
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     precision = f"{dtype} weights" + (
@@ -336,7 +358,7 @@ def training_advice(trainer, data_args) -> str:
             "Try these switches, in order (each as a flag or in the config):",
             *_numbered(_generation_switches("per_device_eval_batch_size", batch, "generation_num_beams", beams)),
         ]
-    checkpoint = latest_complete_checkpoint(args.output_dir)
+    checkpoint = last_complete_checkpoint(args.output_dir)
     if checkpoint:
         lines.append(f"{checkpoint} is complete: add --resume true to continue from it with the new settings.")
     return "\n".join(lines)
@@ -415,15 +437,3 @@ def _numbered(switches: list[str]) -> list[str]:
 
 def _value(setting):
     return getattr(setting, "value", setting)
-
-
-def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` folder with its trainer_state.json, which the Trainer writes last."""
-    complete = [
-        p
-        for p in Path(output_dir).glob("checkpoint-*")
-        if p.name.removeprefix("checkpoint-").isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    if not complete:
-        return None
-    return str(max(complete, key=lambda p: int(p.name.removeprefix("checkpoint-"))))
