@@ -72,6 +72,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
 
     from titlegen.data import check_distinct_paths, read_jsonl
     from titlegen.generation import generate_titles
+    from titlegen.memory import generation_advice, out_of_memory_advice
     from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
     from titlegen.progress import PredictionProgress, run_fingerprint
     from titlegen.strategies import decoding_arguments
@@ -102,19 +103,22 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     def save_batch(indices: list[int], batch_titles: list[str]) -> None:
         progress.append({"title": t, "id": records[i][id_column]} for i, t in zip(indices, batch_titles, strict=True))
 
-    titles = generate_titles(
-        model,
-        tokenizer,
-        [r[text_column] for r in records],
-        batch_size=args.batch_size,
-        max_source_length=args.max_source_length or trained["max_source_length"],
-        source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
-        bf16=args.bf16,
-        done=done,
-        on_batch=save_batch,
-        seed=args.seed,
-        **generate_kwargs,
-    )
+    max_source_length = args.max_source_length or trained["max_source_length"]
+    num_beams = generate_kwargs.get("num_beams", model.generation_config.num_beams)
+    with out_of_memory_advice(generation_advice, args.batch_size, num_beams, args.bf16, max_source_length):
+        titles = generate_titles(
+            model,
+            tokenizer,
+            [r[text_column] for r in records],
+            batch_size=args.batch_size,
+            max_source_length=max_source_length,
+            source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
+            bf16=args.bf16,
+            done=done,
+            on_batch=save_batch,
+            seed=args.seed,
+            **generate_kwargs,
+        )
     predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records, strict=True)]
     progress.finish(args.output_file, predictions)
     print(f"wrote {len(predictions)} titles to {args.output_file}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 logger = logging.getLogger("titlegen.train")
@@ -45,6 +46,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
     from titlegen.lora import add_lora, merge_adapter
+    from titlegen.loss import title_loss
+    from titlegen.memory import out_of_memory_advice, training_advice
     from titlegen.metrics import build_compute_metrics, get_segmenter
     from titlegen.modeling import (
         build_model,
@@ -154,6 +157,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
+        compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
         compute_metrics=(
             build_compute_metrics(tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset))
             if training_args.predict_with_generate
@@ -162,7 +167,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         callbacks=callbacks,
     )
 
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with out_of_memory_advice(training_advice, trainer, data_args):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     # Seq2SeqTrainer fills the model's generation config with defaults (max_length=20) as it evaluates;
     # save the one we chose, so that prediction uses exactly max_new_tokens.
     trainer.model.generation_config = generation_config
@@ -178,7 +184,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     trainer.save_metrics("train", result.metrics)
 
     # Final evaluation, keeping the generated titles next to the model.
-    prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    with out_of_memory_advice(training_advice, trainer, data_args):
+        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
     trainer.log_metrics("eval", prediction.metrics)
     trainer.save_metrics("eval", prediction.metrics)
     if training_args.predict_with_generate and trainer.is_world_process_zero():

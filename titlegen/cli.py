@@ -170,3 +170,34 @@ def _plot(argv: Sequence[str] | None) -> None:
 def plot_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-plot RUN_DIR [-o OUT.png]``."""
     return run(_plot, argv)
+
+
+def _estimate(argv: Sequence[str] | None) -> None:
+    from transformers import Seq2SeqTrainingArguments
+
+    from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
+    from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
+
+    model_args, data_args, _, training_args = parse_args(
+        (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments),
+        argv,
+        description="Estimate the peak memory of one training step of a config, per device, without "
+        "loading the model's weights. Takes the same --config and flags as titlegen-train.",
+    )
+    settings = memory_settings(training_args, data_args)
+    model = meta_model(model_args)
+    estimate = estimate_training_memory(model, **settings)
+    print(
+        f"One training step of {model.config.model_type} on one device, every batch full length (the worst case):\n"
+        + ", ".join(f"{k} {format_value(v)}" for k, v in settings.items())
+        + "\n"
+    )
+    print(estimate.table())
+    sizes = [2**i for i in range(8)]
+    peaks = {b: estimate_training_memory(model, **{**settings, "per_device_train_batch_size": b}).peak for b in sizes}
+    print("\npeak by per_device_train_batch_size: " + ", ".join(f"{b}: {format_bytes(p)}" for b, p in peaks.items()))
+
+
+def estimate_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-estimate --config FILE [--key value ...]``: the memory a training config needs."""
+    return run(_estimate, argv)

@@ -91,23 +91,42 @@ def build_model(model_type: str, tokenizer, config_overrides: str | None = None)
         tokenizer: Decides vocab_size and the pad/eos/decoder-start ids.
         config_overrides: ``"key=value,key=value"`` settings, e.g. ``"d_model=256,num_layers=4"``.
     """
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM
 
-    config = AutoConfig.for_model(
+    config = new_model_config(
         model_type,
+        config_overrides,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    fix_tied_output_scale(model)
+    return model
+
+
+def new_model_config(model_type: str, config_overrides: str | None = None, **settings):
+    """The config of a model built from scratch: `settings`, then the ``key=value`` `config_overrides`."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **settings)
     if config_overrides:
         try:
             config.update_from_string(config_overrides)
         except ValueError as err:
             raise TitlegenError(f"config_overrides={config_overrides!r}: {err}") from err
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    fix_tied_output_scale(model)
-    return model
+    return config
+
+
+def load_config(name_or_path: str, cache_dir: str | None = None):
+    """Loads a pretrained model's config by hub id or folder, with an actionable error."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, cache_dir=cache_dir)
+    except (OSError, ValueError) as err:
+        raise TitlegenError(f"cannot load the config of '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
 
 
 def fix_tied_output_scale(model) -> None:
