@@ -304,7 +304,7 @@ def ppo_clip_loss(
     import torch
 
     ratio = torch.exp(logprobs - old_logprobs)
-    advantages = advantages[:, None].to(logprobs.dtype)
+    advantages = advantages[:, None].to(logprobs)  # same dtype and device
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1.0 - cliprange, 1.0 + cliprange) * advantages)
     clipped = ((ratio - 1.0).abs() > cliprange).float()
     return -masked_mean(surrogate, mask), masked_mean(clipped, mask).detach()
@@ -672,7 +672,7 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
 
 
 def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> None:
-    """PNG of the mean sample reward per step (with a moving average) and validation ROUGE against steps."""
+    """PNG of the reward per step (samples and greedy titles) and of validation ROUGE against steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -680,37 +680,30 @@ def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> N
 
     steps = [h for h in history if "reward" in h]
     evals = [h for h in history if "eval_rouge-l" in h]
+    window = max(1, len(steps) // 20)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    if steps:
-        x, y = [h["step"] for h in steps], [h["reward"] for h in steps]
-        top.plot(x, y, color="tab:blue", alpha=0.3, lw=1, label="mean reward of the samples")
-        window = max(1, len(y) // 20)
-        smooth = [
-            sum(y[max(0, i - window + 1) : i + 1]) / len(y[max(0, i - window + 1) : i + 1]) for i in range(len(y))
-        ]
-        top.plot(x, smooth, color="tab:blue", lw=2, label=f"moving average ({window} steps)")
-        if "greedy_reward" in steps[0]:
-            top.plot(
-                x,
-                [h["greedy_reward"] for h in steps],
-                color="tab:orange",
-                alpha=0.3,
-                lw=1,
-                label="greedy title's reward",
-            )
-    top.set_ylabel("reward")
-    top.legend(loc="lower right")
-    top.grid(alpha=0.3)
+    x = [h["step"] for h in steps]
+    for key, label, color in (("reward", "samples", "tab:blue"), ("greedy_reward", "greedy titles", "tab:orange")):
+        if steps and key in steps[0]:
+            y = [h[key] for h in steps]
+            top.plot(x, y, color=color, alpha=0.25, lw=1)
+            top.plot(x, _moving_average(y, window), color=color, lw=2, label=f"{label} ({window}-step mean)")
+    top.set_ylabel("mean reward")
     for key, color in zip(ROUGE_KEYS, ("tab:green", "tab:purple", "tab:red"), strict=True):
         bottom.plot([h["step"] for h in evals], [h[f"eval_{key}"] for h in evals], "o-", color=color, label=key.upper())
     bottom.set_xlabel("RL step")
     bottom.set_ylabel("validation F1 ×100")
-    bottom.legend(loc="lower right")
-    bottom.grid(alpha=0.3)
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
     fig.suptitle(title or "RL fine-tuning")
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    return [sum(values[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(values))]
 
 
 def _save_figure(fig, path: str | Path) -> None:
