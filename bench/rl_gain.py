@@ -1,6 +1,6 @@
 """Does RL fine-tuning raise ROUGE? A supervised model before and after titlegen-rl, measured in one run.
 
-    python bench/rl_gain.py [--model DIR] [--max_steps 300] [any titlegen-rl flag ...]
+    python bench/rl_gain.py [--model DIR] [--max_steps 100] [any titlegen-rl flag ...]
 
 1. The supervised model: --model DIR (trained on ../shared/data/lcsts/train.zh-tw.jsonl), or, without
    it, one trained here with trainer_args/tiny_offline.yaml (kept in bench/results/rl_gain/sft).
@@ -65,7 +65,7 @@ def evaluate(model_dir: Path, max_source_length: int, max_new_tokens: int) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="supervised model folder (default: train one with tiny_offline.yaml)")
-    parser.add_argument("--max_steps", type=int, default=300, help="the RL budget, in steps (default: 300)")
+    parser.add_argument("--max_steps", type=int, default=100, help="the RL budget, in steps (default: 100)")
     parser.add_argument("--config", default=str(ROOT / "trainer_args" / "rl_scst.yaml"))
     args, rl_flags = parser.parse_known_args()
 

@@ -264,10 +264,7 @@ def title_logprobs(
 
 def supervised_loss(model, encoder_hidden: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
     """Mean cross-entropy of the reference titles (labels padded with -100): the maximum-likelihood term."""
-    import torch.nn.functional as F
-
-    logits = _decoder_logits(model, encoder_hidden, attention_mask, labels).float()
-    return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+    return model(encoder_outputs=(encoder_hidden,), attention_mask=attention_mask, labels=labels).loss
 
 
 # Losses ---------------------------------------------------------------------------------------------------------------
@@ -347,21 +344,18 @@ def autocast(model, bf16: bool):
     return torch.autocast(device_type=device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def reference_model_context(model, reference_model):
+@contextlib.contextmanager
+def reference_policy(model, reference_model=None):
     """Yields the frozen reference: `reference_model`, or, when it is None, `model` with its LoRA adapters off.
 
     The LoRA policy is the reference model plus adapters, so disabling them gives the reference without
     a second copy of the weights in memory.
     """
     if reference_model is not None:
-        return contextlib.nullcontext(reference_model)
-
-    @contextlib.contextmanager
-    def without_adapters():
+        yield reference_model
+    else:
         with model.disable_adapter():
             yield model
-
-    return without_adapters()
 
 
 def sample_rollout(
@@ -405,7 +399,6 @@ def sample_rollout(
 
     model.eval()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    greedy_config = title_generation_config(model, max_new_tokens)
     sample_config = title_generation_config(model, max_new_tokens)
     sample_config.update(do_sample=True, num_return_sequences=num_return_sequences, temperature=temperature,
                          top_k=top_k, top_p=top_p)  # fmt: skip
@@ -416,11 +409,11 @@ def sample_rollout(
         rewards = torch.tensor(reward_fn(texts, repeated_references)).view(-1, num_return_sequences)
         greedy_rewards = None
         if baseline == "greedy":
-            greedy = model.generate(**inputs, generation_config=greedy_config)[:, 1:]
+            greedy = model.generate(**inputs, generation_config=title_generation_config(model, max_new_tokens))[:, 1:]
             greedy_rewards = torch.tensor(reward_fn(decode_titles(tokenizer, greedy.cpu()), list(references)))
         ref_logprobs = None
         if with_reference:
-            with reference_model_context(model, reference_model) as reference:
+            with reference_policy(model, reference_model) as reference:
                 hidden = encode(reference, **inputs)
                 ref_logprobs = title_logprobs(reference, hidden, inputs["attention_mask"], titles, temperature)
     return Rollout(
