@@ -2,6 +2,7 @@
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 CONFIG ?= trainer_args/mt5_small_full.yaml
+RL_CONFIG ?= trainer_args/rl_scst.yaml
 MODEL ?= outputs/mt5_small_full
 OUT ?= predictions.jsonl
 ARGS ?=
@@ -26,6 +27,10 @@ train:  ## make train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
 predict:  ## make predict IN=public.jsonl [OUT=predictions.jsonl] [MODEL=outputs/...]
 	@test -n "$(IN)" || { echo "usage: make predict IN=path.jsonl [OUT=...] [MODEL=...]"; exit 2; }
 	TITLEGEN_MODEL=$(MODEL) bash run.sh $(IN) $(OUT) $(ARGS)
+
+.PHONY: rl
+rl:  ## make rl ARGS="--model outputs/tiny_offline [--key value ...]" [RL_CONFIG=trainer_args/rl_scst.yaml]
+	titlegen-rl --config $(RL_CONFIG) $(ARGS)
 
 demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, predict the course sample, score
 	rm -rf outputs/demo

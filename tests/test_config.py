@@ -14,9 +14,11 @@ from titlegen.config import (
     resolved_config,
     save_config,
 )
+from titlegen.rl import RLArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_TYPES = (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments)
+RL_TYPES = (RLArguments, DataArguments)  # trainer_args/rl_*.yaml configure titlegen-rl
 CONFIGS = sorted((ROOT / "trainer_args").glob("*.yaml"))
 
 
@@ -27,10 +29,10 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads(path):
-    model_args, data_args, run_args, training_args = parse_args(TRAIN_TYPES, ["--config", str(path)])
+    instances = parse_args(RL_TYPES if path.name.startswith("rl_") else TRAIN_TYPES, ["--config", str(path)])
     values = yaml.safe_load(path.read_text())
     for name, value in values.items():
-        obj = next(o for o in (model_args, data_args, run_args, training_args) if hasattr(o, name))
+        obj = next(o for o in instances if hasattr(o, name))
         got = getattr(obj, name)
         assert getattr(got, "value", got) == value or got == value, name
     assert path.read_text().startswith("#"), "a config starts with a comment saying what it is for"
