@@ -23,7 +23,7 @@ from titlegen.cli import estimate_main
 from titlegen.memory import estimate_training_memory, is_out_of_memory
 from titlegen.modeling import build_model, count_parameters, freeze_encoder
 
-from .conftest import ARTICLES, ROOT, TINY_MODEL, tiny_train_args
+from .conftest import ARTICLES, NO_EVAL, ROOT, TINY_MODEL, tiny_train_args
 
 # Distinct sizes, so that every term of the count is exercised: d_model 64, d_ff 96, 3 heads x 40.
 SHAPES = dict(vocab_size=1000, d_model=64, d_ff=96, num_heads=3, d_kv=40, num_layers=2, num_decoder_layers=2)
@@ -64,7 +64,7 @@ def test_activation_count_matches_what_autograd_keeps(bf16, dropout):
     assert estimate.activations + estimate.logits / 3 == pytest.approx(kept, rel=0.05)
 
 
-@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adafactor"])
+@pytest.mark.parametrize("optim", ["adamw_torch_fused", "adamw_torch", "adafactor", "adagrad", "sgd"])
 def test_optimizer_state_matches_the_trainers_optimizer(optim, tokenizer, tmp_path):
     torch.manual_seed(0)
     model = build_model("mt5", tokenizer, TINY_MODEL)
@@ -217,7 +217,7 @@ def test_out_of_memory_in_training_names_the_settings_and_the_switches(tmp_path,
         Seq2SeqTrainer.compute_loss, lambda trainer: trainer.model.training and trainer.state.global_step >= 3, oom
     )
     monkeypatch.setattr(Seq2SeqTrainer, "compute_loss", in_second_epoch)
-    assert train_main(tiny_train_args(run)) == 2
+    assert train_main(tiny_train_args(run, *NO_EVAL)) == 2
     err = capsys.readouterr().err
     message = err[err.index("error: ") :]  # after the progress bars
     assert message.startswith(
@@ -239,7 +239,7 @@ def test_out_of_memory_in_training_names_the_settings_and_the_switches(tmp_path,
 
     # The checkpoint written before the error resumes, with a smaller batch of the same effective size.
     monkeypatch.undo()
-    metrics = train(tiny_train_args(run, "--resume", "true", "--per_device_train_batch_size", "2",
+    metrics = train(tiny_train_args(run, *NO_EVAL, "--resume", "true", "--per_device_train_batch_size", "2",
                                     "--gradient_accumulation_steps", "2"))  # fmt: skip
     assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 6
     assert metrics["epoch"] == 2
@@ -294,7 +294,7 @@ def test_memory_switches_reach_the_trainer(tmp_path, monkeypatch):
                 "--activation_checkpointing", "true", "--optim", "adafactor", "--learning_rate", "1e-3",
                 "--bf16", "true", "--auto_find_batch_size", "true", "--per_device_eval_batch_size", "3",
                 "--num_train_epochs", "1"]  # fmt: skip
-    train(tiny_train_args(tmp_path / "run", *switches))
+    train(tiny_train_args(tmp_path / "run", *NO_EVAL, *switches))
     (trainer,) = trainers
     assert trainer.model.is_activation_checkpointing
     optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # accelerate wraps it

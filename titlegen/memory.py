@@ -35,21 +35,17 @@ SETTINGS = (
     "activation_checkpointing",
 )
 
-# Optimizer state in bytes per trainable weight. Adafactor (factored second moments and no momentum,
-# as transformers' `optim: adafactor` sets it up) is counted from the weights' shapes instead.
+# Optimizer state in bytes per trainable weight, by transformers' `optim` names. Adafactor (factored
+# second moments and no momentum, as `optim: adafactor` sets it up) is counted from the weights' shapes.
 OPTIMIZER_STATE = {
     "adamw_torch_fused": 2 * FP32,  # first and second moments
     "adamw_torch": 2 * FP32,
-    "adamw_torch_foreach": 2 * FP32,
-    "adamw_bnb_8bit": 2,
-    "adamw_8bit": 2,
-    "paged_adamw_8bit": 2,
-    "adagrad": FP32,
-    "sgd": 0,
+    "adagrad": FP32,  # the sum of squared gradients
+    "sgd": 0,  # no momentum, unless optim_args gives one
 }
-# Temporaries of the optimizer step in bytes per trainable weight: the foreach implementation (the
-# default on CUDA) computes the update of all weights at once; the fused kernel needs none.
-STEP_TEMPORARIES = {"adamw_torch": FP32, "adamw_torch_foreach": FP32}
+# Temporaries of the optimizer step in bytes per trainable weight: torch's AdamW computes the update of
+# all weights at once on CUDA (its foreach implementation); the fused kernel needs none.
+STEP_TEMPORARIES = {"adamw_torch": FP32}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +122,7 @@ def estimate_training_memory(
     n_trainable = sum(p.numel() for p in trainable)
     notes = []
 
-    if optim.startswith("adafactor"):
+    if optim == "adafactor":
         optimizer_state = FP32 * sum(_adafactor_floats(p.shape) for p in trainable)
         # Updating one weight holds two temporaries of its size at once.
         step_temporaries = 2 * FP32 * max((p.numel() for p in trainable), default=0)
@@ -395,7 +391,7 @@ def _training_switches(model, settings: dict) -> list[str]:
         switches.append(({"activation_checkpointing": True}, "recompute layers in the backward pass, ~30% slower"))
     if not settings["bf16"]:
         switches.append(({"bf16": True}, "bfloat16 autocast, on GPUs that have it (not fp16: mT5 overflows)"))
-    if not settings["optim"].startswith("adafactor"):
+    if settings["optim"] != "adafactor":
         adafactor = {"optim": "adafactor", "learning_rate": 1e-3}
         switches.append((adafactor, "T5's optimizer, without Adam's two moments per weight"))
     shorter = ({"max_source_length": max(1, settings["max_source_length"] // 2)}, "shorter articles")
