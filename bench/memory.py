@@ -34,8 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-LCSTS = ROOT.parent / "shared" / "data" / "lcsts"
+from bench._common import LCSTS, ROOT, machine, markdown_table
+
 RESULTS = ROOT / "bench" / "results"
 GIB = 2**30
 
@@ -230,18 +230,19 @@ def main() -> None:
         f"mT5-small shape (300M weights, 250,112 tokens, untied output layer) on {rows[0]['device']},\n"
         f"{options.source_length} source / {options.target_length} target tokens of LCSTS"
     )
-    print(f"\n{title.replace(chr(10), ' ')}\n")
-    print("| configuration | batch x accumulation | measured peak | vs default | estimate | estimate / measured |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        measured, estimated = r["measured_gib"], r["estimate_gib"]
-        print(f"| {r['configuration']} | {r['batch']} | {measured:.2f} GiB | {measured / default:.2f} "
-              f"| {estimated:.2f} GiB | {estimated / measured:.2f} |")  # fmt: skip
+    header = ["configuration", "batch x accumulation", "measured peak", "vs default", "estimate", "estimate / measured"]
+    table = [
+        [r["configuration"], r["batch"], f"{r['measured_gib']:.2f} GiB", r["measured_gib"] / default,
+         f"{r['estimate_gib']:.2f} GiB", r["estimate_gib"] / r["measured_gib"]]
+        for r in rows
+    ]  # fmt: skip
+    print(f"\n{machine()}\n{title.replace(chr(10), ' ')}\n\n{markdown_table(header, table)}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     from titlegen.data import write_json
 
-    write_json(RESULTS / "memory.json", {"title": title, "options": vars(options), "rows": rows})
+    options = {k: v for k, v in vars(options).items() if k not in ("child", "tokenizer_dir")}
+    write_json(RESULTS / "memory.json", {"machine": machine(), "title": title, "options": options, "rows": rows})
     plot(rows, RESULTS / "memory.png", title)
     print(f"\nwrote {RESULTS / 'memory.json'} and {RESULTS / 'memory.png'}")
 
