@@ -1,13 +1,13 @@
 """Compare decoding strategies on a labelled jsonl: titles, ROUGE, diversity and speed of each setting.
 
-    titlegen-compare --model outputs/tiny_offline --input ../shared/data/lcsts/validation.zh-tw.jsonl \\
-        --output_dir outputs/compare [--limit 200] [--grid my_grid.yaml] [--metric rouge-l]
+    titlegen-compare --model outputs/tiny_offline --input validation.jsonl --output_dir outputs/compare
+    titlegen-compare ... --limit 200 --grid my_grid.yaml --metric rouge-2
 
 Runs every setting of a grid (by default each strategy of titlegen.strategies at two settings; or a YAML
 list such as ``- {strategy: beam, num_beams: 8}``) and writes to output_dir: predictions/<setting>.jsonl,
 comparison.md and comparison.csv (rouge-1/2/l f×100, mean length, distinct-2, repeated bigrams, titles/s),
 comparison.png, and grid.yaml (the settings run; pass it back as --grid). The best setting by --metric is
-marked in all three. Sampling is seeded per article, so a rerun gives the same titles.
+named in comparison.md and starred in the chart. Sampling is seeded per article: a rerun gives the same titles.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ class CompareArguments:
     input_file: str = field(metadata={"help": "jsonl of articles with titles.", "aliases": ["--input"]})
     output_dir: str = field(metadata={"help": "Folder for the table, the chart and each setting's titles."})
     grid: str | None = field(
-        default=None, metadata={"help": "YAML list of settings (default: every strategy at two settings)."}
+        default=None, metadata={"help": "YAML list of settings; without it, every strategy at two settings."}
     )
     limit: int | None = field(default=None, metadata={"help": "Use only the first N articles, for a quick look."})
-    metric: str = field(default="rouge-l", metadata={"help": "Column that names the best setting."})
+    metric: str = field(
+        default="rouge-l", metadata={"help": "Column that names the best setting: rouge-1/2/l, distinct-2, titles/s."}
+    )
     segmenter: str = field(default="char", metadata={"help": "Word segmenter for ROUGE: char, jieba, ckip or auto."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title (default: as trained)."})
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
@@ -49,7 +51,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
 
     import torch
 
-    from titlegen.comparison import best_setting, markdown_report, score_titles, write_csv
+    from titlegen import TitlegenError
+    from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
     from titlegen.generation import generate_titles
     from titlegen.metrics import get_segmenter
@@ -65,7 +68,9 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     )
 
     grid = load_grid(args.grid) if args.grid else list(DEFAULT_GRID)
-    best_setting([{args.metric: 0}], args.metric)  # an unknown metric fails now, not after the whole grid
+    check_metric(args.metric)
+    if args.limit is not None and args.limit < 1:
+        raise TitlegenError(f"--limit {args.limit}: compare at least 1 article")
     segmenter = get_segmenter(args.segmenter)
     trained = trained_settings(args.model_name_or_path)
     columns = (trained["id_column"], trained["text_column"], trained["summary_column"])

@@ -38,10 +38,15 @@ def score_titles(titles: Sequence[str], references: Sequence[str], segmenter, se
     }
 
 
-def best_setting(rows: Sequence[dict], metric: str) -> dict:
-    """The row with the highest `metric` (the first one on a tie)."""
+def check_metric(metric: str) -> None:
+    """Raises `TitlegenError` unless `metric` is a column where higher is better."""
     if metric not in HIGHER_IS_BETTER:
         raise TitlegenError(f"cannot pick the best setting by '{metric}'; choose one of {', '.join(HIGHER_IS_BETTER)}")
+
+
+def best_setting(rows: Sequence[dict], metric: str) -> dict:
+    """The row with the highest `metric` (the first one on a tie)."""
+    check_metric(metric)
     return max(rows, key=lambda row: row[metric])
 
 

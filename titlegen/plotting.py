@@ -65,10 +65,10 @@ def plot_learning_curves(log_history: Sequence[dict], path: str | Path, title: s
         steps, values = _series(log_history, key)
         if steps:
             loss_ax.plot(steps, values, "-" if key == "loss" else "o-", label=label)
-    for key in ROUGE_KEYS:
+    for key, style in zip(ROUGE_KEYS, ("o-", "s-", "^--"), strict=True):  # markers tell apart curves that coincide
         steps, values = _series(log_history, f"eval_{key}")
         if steps:
-            rouge_ax.plot(steps, values, "o-", label=key.upper())
+            rouge_ax.plot(steps, values, style, label=key.upper())
     loss_ax.set(xlabel="step", ylabel="loss", title="Loss")
     rouge_ax.set(xlabel="step", ylabel="f×100", title="Evaluation ROUGE")
     for ax, missing in ((loss_ax, "no loss logged"), (rouge_ax, "no evaluation with ROUGE in this run")):
