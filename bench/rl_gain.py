@@ -73,6 +73,7 @@ def main() -> None:
 
     from recipes.rl import rl
     from titlegen.config import DataArguments, parse_args
+    from titlegen.data import read_jsonl
     from titlegen.rl import RLArguments
 
     start_model = supervised_model(args.model)
@@ -92,7 +93,11 @@ def main() -> None:
     print(f"\nRL budget: {args.max_steps} steps x {batch} articles x {k} samples = "
           f"{args.max_steps * batch * k} sampled titles; {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min, "
           f"{torch.get_num_threads()} torch threads")  # fmt: skip
-    print(f"start: {start_model}; RL run: {out} (best validation step: {_best_step(out)})")
+    evals = [r for r in read_jsonl(out / "rl_log.jsonl", fields=()) if "eval_rouge-l" in r]
+    trajectory = ", ".join(f"{r['step']}: {r['eval_rouge-l']:.2f}" for r in evals)
+    print(f"start: {start_model}; RL run: {out}")
+    print(f"ROUGE-L on the first {data_args.max_eval_samples} validation articles by step: {trajectory} "
+          f"(kept: step {_best_step(out)})")  # fmt: skip
     print("greedy decoding, tw_rouge F1 x100 with the char segmenter\n")
     print("| split | model | ROUGE-1 | ROUGE-2 | ROUGE-L | mean length | repetition rate |")
     print("|---|---|---:|---:|---:|---:|---:|")
@@ -103,8 +108,6 @@ def main() -> None:
                   f"{m['title_length']:.1f} | {m['repetition_rate']:.3f} |")  # fmt: skip
         gain = {key: after[split][0][key] - before[split][0][key] for key in ("rouge-1", "rouge-2", "rouge-l")}
         print(f"| {split} | gain | {gain['rouge-1']:+.2f} | {gain['rouge-2']:+.2f} | {gain['rouge-l']:+.2f} | | |")
-
-    from titlegen.data import read_jsonl
 
     records = read_jsonl(SPLITS["validation"], fields=("id", "maintext", "title"))
     print(f"\nThe first {EXAMPLES} validation articles:")

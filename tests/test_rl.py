@@ -233,6 +233,22 @@ def test_a_few_steps_change_the_weights_and_keep_losses_finite(tiny, tokenizer, 
     assert len(changed) == len(start), "every trainable tensor moved"
 
 
+@pytest.mark.parametrize("baseline", ["greedy", "leave_one_out"])
+def test_steps_raise_the_reward_they_are_given(tiny, tokenizer, baseline):
+    """The whole loop optimises: rewarding short titles teaches a random model to stop early."""
+    model, batch, refs = tiny
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    rewards = []
+    for _ in range(80):
+        rollout = sample_rollout(model, tokenizer, batch, refs, lambda titles, _: [-len(t) / 10 for t in titles],
+                                 num_return_sequences=8, baseline=baseline, max_new_tokens=8)  # fmt: skip
+        ppo_update(model, optimizer, batch, rollout)
+        rewards.append(rollout.rewards.mean().item())
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.5, (first, last)
+
+
 def test_batches_are_reproducible_and_cover_every_record():
     first_epoch = [i for step in range(3) for i in batch_indices(12, 4, step, seed=7)]
     assert sorted(first_epoch) == list(range(12))
