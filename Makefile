@@ -8,7 +8,7 @@ OUT ?= predictions.jsonl
 ARGS ?=
 DATA := ../shared/data
 
-.PHONY: install test lint train predict eval demo
+.PHONY: install test lint train predict eval demo bench
 
 install:  ## torch first (pinned, so pip does not pull a CUDA build on CPU machines), then titlegen
 	$(PYTHON) -m pip install "$(TORCH)"
@@ -39,3 +39,10 @@ demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, pred
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter char
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter auto
 	@head -n 5 outputs/demo/sample_predictions.jsonl
+
+bench:  ## every benchmark in bench/ on real data (see bench/README.md; the quality one trains for up to an hour)
+	for f in bench/[!_]*.py; do echo "== $$f"; $(PYTHON) -m bench.$$(basename $$f .py) $(ARGS) || exit 1; done
+
+.PHONY: bench-peft
+bench-peft:  ## trainable parameters, s/step and peak memory: full, LoRA, decoder-only, pruned vocabulary (~10 min)
+	$(PYTHON) -m bench.peft_cost $(ARGS)

@@ -5,7 +5,7 @@
 Reads the course's jsonl (id, maintext, title), trains with transformers' Seq2SeqTrainer, scores
 each evaluation with tw_rouge, and writes to output_dir: the final model and tokenizer (loadable with
 ``from_pretrained``), run_config.yaml (re-runnable with ``--config``), train/eval metrics JSON,
-eval_predictions.jsonl, trainer_state.json and checkpoints.
+eval_predictions.jsonl, trainer_state.json, learning_curves.png and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 logger = logging.getLogger("titlegen.train")
@@ -24,7 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(train, argv)
 
 
-def train(argv: Sequence[str] | None = None) -> dict:
+def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
+    """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
     from transformers import Seq2SeqTrainingArguments
 
     from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
@@ -38,36 +40,37 @@ def train(argv: Sequence[str] | None = None) -> dict:
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, set_seed
 
     from titlegen import TitlegenError, __version__
+    from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
     from titlegen.config import resolved_config, save_config
     from titlegen.data import read_jsonl, split_records, write_jsonl
+    from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
+    from titlegen.lora import add_lora, merge_adapter
+    from titlegen.loss import title_loss
+    from titlegen.memory import out_of_memory_advice, training_advice
     from titlegen.metrics import build_compute_metrics, get_segmenter
     from titlegen.modeling import (
         build_model,
         configure_cpu,
         count_parameters,
+        freeze_embeddings,
         freeze_encoder,
         load_model,
         load_tokenizer,
     )
+    from titlegen.plotting import plot_learning_curves
     from titlegen.preprocessing import make_tokenize_fn, to_features
     from titlegen.tokenizer import train_tokenizer
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     output_dir = Path(training_args.output_dir)
-    checkpoint = _checkpoint_to_resume(output_dir, run_args.resume)
+    checkpoint = _checkpoint_to_resume(output_dir, run_args.resume, training_args.should_save)
+    wait_for_everyone()  # under a launcher, every process looks at output_dir before process 0 writes to it
     if not torch.cuda.is_available():
         configure_cpu(run_args.flush_denormal)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
     set_seed(training_args.seed)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(
-        output_dir / "run_config.yaml",
-        resolved_config(model_args, data_args, run_args, training_args),
-        header=f"Resolved settings of this run (titlegen {__version__}, transformers {transformers.__version__}, "
-        f"torch {torch.__version__}).\nReproduce it with: titlegen-train --config {output_dir}/run_config.yaml",
-    )
 
     # Data: validated at the edge, with file and line in every error.
     columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
@@ -94,22 +97,43 @@ def train(argv: Sequence[str] | None = None) -> dict:
         elif checkpoint and tokenizer_dir.is_dir():
             tokenizer = load_tokenizer(str(tokenizer_dir))
         else:
-            logger.info(
-                "training a %d-token SentencePiece tokenizer on %s",
-                model_args.tokenizer_vocab_size,
-                data_args.train_file,
-            )
-            texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
-            tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=model_args.tokenizer_vocab_size)
+            # Under a launcher, process 0 of each machine trains it; the others wait, then load it.
+            with training_args.main_process_first(desc="training the tokenizer"):
+                if training_args.local_process_index > 0:
+                    tokenizer = load_tokenizer(str(tokenizer_dir))
+                else:
+                    logger.info(
+                        "training a %d-token SentencePiece tokenizer on %s",
+                        model_args.tokenizer_vocab_size,
+                        data_args.train_file,
+                    )
+                    texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
+                    tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=model_args.tokenizer_vocab_size)
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
     if model_args.freeze_encoder:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
+    if model_args.freeze_embeddings:
+        logger.info("froze %d embedding parameters", freeze_embeddings(model))
+    if model_args.use_lora:
+        model = add_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     generation_config = title_generation_config(
         model, data_args.max_target_length, training_args.generation_num_beams or 1
     )
     model.generation_config = generation_config
+
+    # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
+    if training_args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(
+            output_dir / "run_config.yaml",
+            resolved_config(model_args, data_args, run_args, training_args),
+            header=f"Resolved settings of this run (titlegen {__version__}, transformers {transformers.__version__}, "
+            f"torch {torch.__version__}).\nReproduce it with: titlegen-train --config {output_dir}/run_config.yaml",
+        )
 
     tokenize = make_tokenize_fn(
         tokenizer,
@@ -123,7 +147,7 @@ def train(argv: Sequence[str] | None = None) -> dict:
         train_dataset = to_features(train_records, columns, tokenize, desc="tokenizing train")
         eval_dataset = to_features(eval_records, columns, tokenize, desc="tokenizing validation")
 
-    callbacks = []
+    callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
     trainer = Seq2SeqTrainer(
@@ -133,29 +157,39 @@ def train(argv: Sequence[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
+        compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
         compute_metrics=(
-            build_compute_metrics(tokenizer, get_segmenter(run_args.segmenter))
+            build_compute_metrics(tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset))
             if training_args.predict_with_generate
             else None
         ),
         callbacks=callbacks,
     )
 
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    with out_of_memory_advice(training_advice, trainer, data_args):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
     # Seq2SeqTrainer fills the model's generation config with defaults (max_length=20) as it evaluates;
     # save the one we chose, so that prediction uses exactly max_new_tokens.
     trainer.model.generation_config = generation_config
     trainer.save_model()
+    if training_args.should_save:
+        generation_config.save_pretrained(output_dir)  # a LoRA adapter is saved without it
+        if model_args.use_lora and model_args.merge_lora:
+            merge_adapter(output_dir, output_dir / "merged")
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        plot_learning_curves(trainer.state.log_history, output_dir / "learning_curves.png", title=str(output_dir))
     trainer.log_metrics("train", result.metrics)
     trainer.save_metrics("train", result.metrics)
 
     # Final evaluation, keeping the generated titles next to the model.
-    prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
+    with out_of_memory_advice(training_advice, trainer, data_args):
+        prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
     trainer.log_metrics("eval", prediction.metrics)
     trainer.save_metrics("eval", prediction.metrics)
     if training_args.predict_with_generate and trainer.is_world_process_zero():
-        titles = decode_titles(tokenizer, prediction.predictions)
+        titles = decode_titles(tokenizer, prediction.predictions[: len(eval_records)])  # see build_compute_metrics
         write_jsonl(
             output_dir / "eval_predictions.jsonl",
             ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records, strict=True)),
@@ -163,19 +197,24 @@ def train(argv: Sequence[str] | None = None) -> dict:
     return {**result.metrics, **prediction.metrics}
 
 
-def _checkpoint_to_resume(output_dir: Path, resume: bool) -> str | None:
-    """The latest checkpoint when resuming; refuses to train over an earlier run otherwise."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+def _checkpoint_to_resume(output_dir: Path, resume: bool, is_main_process: bool) -> str | None:
+    """The latest complete checkpoint when resuming; refuses to train over an earlier run otherwise."""
     from titlegen import TitlegenError
+    from titlegen.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
 
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TitlegenError(f"{output_dir}: output_dir is a file; choose a folder for the run")
     if not output_dir.is_dir():
         return None
-    last = get_last_checkpoint(str(output_dir))
     if resume:
+        last = last_complete_checkpoint(output_dir)
+        if is_main_process:
+            remove_incomplete_checkpoints(output_dir)
         if last is None:
-            logger.info("no checkpoint in %s: starting from the beginning", output_dir)
-        return last
+            logger.info("no complete checkpoint in %s: starting from the beginning", output_dir)
+            return None
+        logger.info("resuming from %s", last)
+        return str(last)
     if any(p.name != "runs" for p in output_dir.iterdir()):
         raise TitlegenError(
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"

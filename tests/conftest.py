@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,22 @@ def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
         "--logging_steps", "1",
         *extra,
     ]  # fmt: skip
+
+
+# Skips the per-epoch generation and best-model selection that a test of training mechanics does not need.
+NO_EVAL = ("--eval_strategy", "no", "--load_best_model_at_end", "false", "--predict_with_generate", "false")
+
+
+def logged_losses(run_dir: Path) -> dict[int, float]:
+    """The training loss logged at each step of a run, from its trainer_state.json."""
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for recipes run as real subprocesses: this checkout first on the path, and one
+    thread per process (the tiny model gains nothing from more, and tests share few cores)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 @pytest.fixture(scope="session")

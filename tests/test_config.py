@@ -46,7 +46,7 @@ def test_command_line_overrides_config():
     )
     assert training_args.learning_rate == 5e-4
     assert training_args.seed == 7
-    assert training_args.per_device_train_batch_size == 32  # from the YAML
+    assert training_args.per_device_train_batch_size == 16  # from the YAML
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
@@ -82,3 +82,9 @@ def test_resolved_config_reproduces_the_run(tmp_path):
 def test_predict_flags_have_short_aliases():
     (args,) = parse_args((PredictArguments,), ["--model", "m", "--input", "a.jsonl", "--output", "b.jsonl"])
     assert (args.model_name_or_path, args.input_file, args.output_file) == ("m", "a.jsonl", "b.jsonl")
+
+
+@pytest.mark.parametrize("name", ["mt5_small_lora.yaml", "tiny_lora_offline.yaml"])
+def test_lora_configs_adapt_a_pretrained_model(name):
+    model_args, *_ = parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
+    assert model_args.use_lora and model_args.model_name_or_path

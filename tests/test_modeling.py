@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from titlegen import TitlegenError
-from titlegen.modeling import build_model, count_parameters, freeze_encoder, load_model, load_tokenizer
+from titlegen.modeling import (
+    build_model,
+    count_parameters,
+    freeze_embeddings,
+    freeze_encoder,
+    load_model,
+    load_tokenizer,
+    untie_output_layer,
+)
 
 SMALL = "d_model=256,d_kv=32,d_ff=512,num_heads=4,num_layers=2,num_decoder_layers=2"
 
@@ -88,3 +96,47 @@ def test_pickled_weights_are_not_loaded(tokenizer, tmp_path):
     torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: may run code when loaded
     with pytest.raises(TitlegenError, match="cannot load the model"):
         load_model(str(tmp_path))
+
+
+def test_code_shipped_in_a_model_folder_is_never_run(tokenizer, tmp_path):
+    """A folder whose config points at its own Python code (auto_map) loads with the built-in classes."""
+    import json
+
+    build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1").save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    marker = tmp_path / "code-ran"
+    (tmp_path / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    auto_map = {
+        "config.json": {"AutoConfig": "custom.Custom", "AutoModelForSeq2SeqLM": "custom.Custom"},
+        "tokenizer_config.json": {"AutoTokenizer": ["custom.Custom", None]},
+    }
+    for name, entries in auto_map.items():
+        settings = json.loads((tmp_path / name).read_text())
+        settings["auto_map"] = entries
+        (tmp_path / name).write_text(json.dumps(settings))
+    assert type(load_model(str(tmp_path))).__name__ == "MT5ForConditionalGeneration"
+    assert load_tokenizer(str(tmp_path))("新聞").input_ids == tokenizer("新聞").input_ids
+    assert not marker.exists(), "trust_remote_code=True would have run custom.py"
+
+
+def test_freeze_embeddings_freezes_input_and_untied_output_layer(tokenizer):
+    model = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    assert freeze_embeddings(model) == len(tokenizer) * 32, "a tied output layer counts once"
+    untie_output_layer(model)
+    assert freeze_embeddings(model) == 2 * len(tokenizer) * 32
+    assert not model.shared.weight.requires_grad and not model.lm_head.weight.requires_grad
+    trainable, total = count_parameters(model)
+    assert trainable == total - 2 * len(tokenizer) * 32
+
+
+def test_an_untied_output_layer_stays_untied_when_reloaded(tokenizer, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    untie_output_layer(model)
+    assert model.lm_head.weight is not model.shared.weight
+    model.save_pretrained(tmp_path)
+    again = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert again.lm_head.weight is not again.shared.weight
+    assert torch.equal(again.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(again.shared.weight, model.shared.weight)

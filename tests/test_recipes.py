@@ -1,11 +1,15 @@
 """Smoke runs of the recipes on a tiny model, and the course's run.sh interface."""
 
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from recipes.predict import predict
@@ -114,3 +118,23 @@ def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
 def test_help_needs_no_heavy_imports(module):
     code = f"import sys, {module}\nassert not {{'torch', 'transformers'}} & set(sys.modules), 'heavy import at import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+@pytest.mark.parametrize("freeze_embeddings", [False, True], ids=["decoder-only", "decoder-only-frozen-embeddings"])
+def test_decoder_only_training_leaves_frozen_parameters_unchanged(trained_dir, tmp_path, caplog, freeze_embeddings):
+    caplog.set_level(logging.INFO, logger="titlegen.train")
+    flags = ["--freeze_encoder", "true", "--freeze_embeddings", str(freeze_embeddings).lower()]
+    train(tiny_train_args(tmp_path, "--model_name_or_path", str(trained_dir), "--num_train_epochs", "1", *flags))
+    before, after = load_file(trained_dir / "model.safetensors"), load_file(tmp_path / "model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    frozen = {name for name in before if name.startswith("encoder.")} | (
+        {"shared.weight"} if freeze_embeddings else set()
+    )
+    assert not changed & frozen
+    assert changed == set(before) - frozen, "everything else trained"
+    # The log states how many parameters train, and their share.
+    trainable, total = map(int, re.search(r"parameters: (\d+) trainable of (\d+)", caplog.text).groups())
+    assert trainable == sum(after[name].numel() for name in changed) and total == sum(t.numel() for t in after.values())
+    titles = predict(["--model", str(tmp_path), "--input", str(ARTICLES), "--output", str(tmp_path / "p.jsonl")])
+    assert len(titles) == len(read_lines(ARTICLES))

@@ -56,6 +56,42 @@ class ModelArguments:
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Train only the decoder: the encoder's parameters stay fixed."}
     )
+    freeze_embeddings: bool = field(
+        default=False,
+        metadata={"help": "Keep the token embeddings fixed: the shared input embedding and the output layer."},
+    )
+    use_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Train low-rank adapters (LoRA, with peft) and keep the pretrained weights fixed. "
+            "output_dir then holds the adapter; titlegen-predict and titlegen-merge accept it."
+        },
+    )
+    lora_r: int = field(default=8, metadata={"help": "Rank of the adapters: higher adapts more, with more parameters."})
+    lora_alpha: int = field(
+        default=16, metadata={"help": "Adapter scale: updates are multiplied by lora_alpha/lora_r."}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q", "k", "v", "o"],
+        metadata={
+            "help": "Layers to adapt, by name. Default: mT5's attention projections. Add wi_0 wi_1 wo for its "
+            "feed-forward layers, or give all-linear for every linear layer but the output layer."
+        },
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "After a use_lora run, also write output_dir/merged: the adapter merged into the pretrained "
+            "weights, a plain model that loads without peft."
+        },
+    )
+
+    def __post_init__(self):
+        if self.use_lora and not self.model_name_or_path:
+            raise ValueError(
+                "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
+            )
 
 
 @dataclass
@@ -148,7 +184,8 @@ def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, descrip
     from transformers import HfArgumentParser
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(list(types), description=description)
+    # allow_abbrev=False: a flag is a setting's full name, as in YAML; argparse would take --num_beam as --num_beams.
+    parser = HfArgumentParser(list(types), description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file with default values for any setting below.")
     known, unknown = parser.parse_known_args(argv)  # finds --config (and answers --help at once)
     if unknown:

@@ -6,10 +6,12 @@ output file is written atomically: it appears complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
@@ -99,13 +101,18 @@ def read_jsonl(
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+    """Writes `text` to `path` as UTF-8 through a temporary file in the same folder and a rename."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -142,3 +149,22 @@ def split_records(records: list[dict], percentage: float, seed: int) -> tuple[li
     held_out = set(order[:n_eval])
     train = [r for i, r in enumerate(records) if i not in held_out]
     return train, [records[i] for i in sorted(held_out)]
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary folder that becomes `path` when the block succeeds, and vanishes when it fails.
+
+    An existing file or non-empty folder at `path` is refused, so a finished output is never overwritten.
+    """
+    path = Path(path)
+    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+        raise TitlegenError(f"{path} already exists; choose another output folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.replace(tmp, path)  # replaces an empty folder too
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -181,10 +181,17 @@ def f100(scores: dict) -> dict[str, float]:
     return {key: 100 * scores[key]["f"] for key in ROUGE_KEYS}
 
 
-def build_compute_metrics(tokenizer, segmenter) -> Callable:
+def build_compute_metrics(tokenizer, segmenter, num_samples: int | None = None) -> Callable:
     """A ``compute_metrics`` for ``Seq2SeqTrainer(predict_with_generate=True)``.
 
     Reports rouge-1/2/l as f×100 and the mean generated length in tokens.
+
+    Args:
+        tokenizer: Decodes the generated and reference token ids.
+        segmenter: Splits titles into words for ROUGE.
+        num_samples: The size of the evaluation set. Under several processes, Seq2SeqTrainer gathers the
+            predictions with ``accelerator.gather``, which keeps the repeated samples that even out the
+            processes' last batches after the real ones; only the first `num_samples` rows are scored.
     """
     import numpy as np
 
@@ -192,11 +199,30 @@ def build_compute_metrics(tokenizer, segmenter) -> Callable:
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        metrics = f100(
-            tw_rouge(decode_titles(tokenizer, preds), decode_titles(tokenizer, eval_pred.label_ids), segmenter)
-        )
+        preds, labels = preds[:num_samples], eval_pred.label_ids[:num_samples]
+        metrics = f100(tw_rouge(decode_titles(tokenizer, preds), decode_titles(tokenizer, labels), segmenter))
         generated = (preds >= 0) & (preds != tokenizer.pad_token_id)
         metrics["gen_len"] = float(np.mean(np.count_nonzero(generated, axis=1)))
         return metrics
 
     return compute_metrics
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(titles: Sequence[str], n: int = 2) -> float:
+    """Distinct-n (Li et al., 2016): the share of all titles' n-grams that are different, in [0, 1].
+
+    Tokens are characters (runs of ASCII letters and digits count as one). Low values mean the titles
+    repeat each other, as a model that writes one title for every article does.
+    """
+    grams = [g for tokens in CharSegmenter()(titles) for g in _ngrams(tokens, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repetition_rate(titles: Sequence[str], n: int = 2) -> float:
+    """The share of titles that repeat one of their own n-grams of characters (e.g. 台灣台灣), in [0, 1]."""
+    grams = [_ngrams(tokens, n) for tokens in CharSegmenter()(titles)]
+    return sum(len(set(g)) < len(g) for g in grams) / len(grams) if grams else 0.0

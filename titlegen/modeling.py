@@ -6,6 +6,7 @@ from pathlib import Path
 
 from titlegen import TitlegenError
 
+ADAPTER_CONFIG = "adapter_config.json"  # marks a LoRA adapter folder, as peft writes it
 OFFLINE_HINT = (
     "Without network access, point model_name_or_path at a local folder that holds the model "
     "(config.json and model.safetensors, e.g. one saved by titlegen-train), or train a model from "
@@ -34,14 +35,25 @@ def load_tokenizer(name_or_path: str, cache_dir: str | None = None):
         raise TitlegenError(f"cannot load the tokenizer '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
 
 
-def load_model(name_or_path: str, cache_dir: str | None = None, **kwargs):
-    """Loads a pretrained seq2seq model by hub id or folder.
+def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: bool = True, **kwargs):
+    """Loads a pretrained seq2seq model by hub id or folder, or a LoRA adapter folder with its base model.
 
     Weights are read from safetensors only, and remote code is never run, so a folder from elsewhere
     cannot execute code when it is loaded.
+
+    Args:
+        name_or_path: Hub id, model folder, or adapter folder (one with ``adapter_config.json``, as a
+            ``use_lora`` run writes). An adapter's base model is loaded from the ``base_model_name_or_path``
+            its config names.
+        cache_dir: Where downloaded models are cached.
+        merge_adapter: Merge an adapter into the base weights and return a plain model, which generates
+            as fast as the base model; otherwise return the peft model with the adapter kept apart.
+        **kwargs: Passed to ``from_pretrained`` (e.g. ``dtype``).
     """
     from transformers import AutoModelForSeq2SeqLM
 
+    if (Path(name_or_path) / ADAPTER_CONFIG).is_file():
+        return _load_adapter(name_or_path, cache_dir, merge_adapter, **kwargs)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").is_file():
         raise TitlegenError(f"{name_or_path}: not a model folder (it has no config.json)")
     try:
@@ -52,6 +64,25 @@ def load_model(name_or_path: str, cache_dir: str | None = None, **kwargs):
         raise TitlegenError(f"cannot load the model '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
 
 
+def _load_adapter(adapter_dir: str, cache_dir: str | None, merge: bool, **kwargs):
+    from peft import PeftConfig, PeftModel
+    from transformers import GenerationConfig
+
+    base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
+    if not base:
+        raise TitlegenError(f"{adapter_dir}/{ADAPTER_CONFIG}: base_model_name_or_path is not set")
+    try:
+        base_model = load_model(base, cache_dir, **kwargs)
+    except TitlegenError as err:
+        raise TitlegenError(f"{adapter_dir}: cannot load the adapter's base model: {err}") from err
+    model = PeftModel.from_pretrained(base_model, adapter_dir)
+    if merge:
+        model = model.merge_and_unload()
+    if (Path(adapter_dir) / "generation_config.json").is_file():  # the title settings of the adapter's run
+        model.generation_config = GenerationConfig.from_pretrained(adapter_dir)
+    return model
+
+
 def build_model(model_type: str, tokenizer, config_overrides: str | None = None):
     """Builds a randomly initialised seq2seq model whose vocabulary matches `tokenizer`.
 
@@ -60,23 +91,42 @@ def build_model(model_type: str, tokenizer, config_overrides: str | None = None)
         tokenizer: Decides vocab_size and the pad/eos/decoder-start ids.
         config_overrides: ``"key=value,key=value"`` settings, e.g. ``"d_model=256,num_layers=4"``.
     """
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM
 
-    config = AutoConfig.for_model(
+    config = new_model_config(
         model_type,
+        config_overrides,
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    fix_tied_output_scale(model)
+    return model
+
+
+def new_model_config(model_type: str, config_overrides: str | None = None, **settings):
+    """The config of a model built from scratch: `settings`, then the ``key=value`` `config_overrides`."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(model_type, **settings)
     if config_overrides:
         try:
             config.update_from_string(config_overrides)
         except ValueError as err:
             raise TitlegenError(f"config_overrides={config_overrides!r}: {err}") from err
-    model = AutoModelForSeq2SeqLM.from_config(config)
-    fix_tied_output_scale(model)
-    return model
+    return config
+
+
+def load_config(name_or_path: str, cache_dir: str | None = None):
+    """Loads a pretrained model's config by hub id or folder, with an actionable error."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, cache_dir=cache_dir)
+    except (OSError, ValueError) as err:
+        raise TitlegenError(f"cannot load the config of '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
 
 
 def fix_tied_output_scale(model) -> None:
@@ -109,6 +159,38 @@ def freeze_encoder(model) -> int:
             param.requires_grad_(False)
             frozen += param.numel()
     return frozen
+
+
+def freeze_embeddings(model) -> int:
+    """Stops gradients to the token embeddings: the input embedding and the output layer, tied or not.
+
+    Returns:
+        The number of parameters frozen.
+    """
+    frozen = {}
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        for param in module.parameters() if module is not None else ():
+            param.requires_grad_(False)
+            frozen[id(param)] = param.numel()
+    return sum(frozen.values())
+
+
+def untie_output_layer(model) -> None:
+    """Gives a T5-family model an output layer of its own, as google/mt5-small and T5 v1.1 have.
+
+    Their checkpoints store ``lm_head`` apart from the input embedding, but in transformers 5.x
+    ``MT5Config`` always says ``tie_word_embeddings=True``, so a model built from a config shares one
+    matrix. ``from_pretrained`` unties the two when a checkpoint holds different values for both; this
+    does the same: a new, differently initialised ``lm_head``, dropped from the model's tied-weights map
+    so that nothing ties it back. Saved and reloaded, the model stays untied.
+    """
+    import torch
+
+    embeddings = model.get_input_embeddings().weight
+    lm_head = torch.nn.Linear(embeddings.shape[1], embeddings.shape[0], bias=False)
+    torch.nn.init.normal_(lm_head.weight, std=embeddings.shape[1] ** -0.5)  # initial logits of std ~1
+    model.set_output_embeddings(lm_head)
+    model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
 def count_parameters(model) -> tuple[int, int]:

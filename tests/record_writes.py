@@ -1,0 +1,34 @@
+"""The training recipe, recording which process saves each output: the script test_distributed.py launches.
+
+Every call that writes an output of a run (titlegen's atomic writes, tokenizer training, the Trainer's
+model and state saves) appends ``RANK PATH`` to the file named by $TITLEGEN_WRITES_LOG, then runs as usual.
+"""
+
+import functools
+import os
+import sys
+
+import transformers
+
+import titlegen.data
+import titlegen.tokenizer
+from recipes.train import main
+
+
+def recorded(function, path_argument: int):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with open(os.environ["TITLEGEN_WRITES_LOG"], "a", encoding="utf-8") as log:
+            log.write(f"{os.environ.get('RANK', '0')} {args[path_argument]}\n")
+        return function(*args, **kwargs)
+
+    return wrapper
+
+
+titlegen.data.atomic_write_text = recorded(titlegen.data.atomic_write_text, 0)
+titlegen.tokenizer.train_tokenizer = recorded(titlegen.tokenizer.train_tokenizer, 1)
+transformers.PreTrainedModel.save_pretrained = recorded(transformers.PreTrainedModel.save_pretrained, 1)
+transformers.TrainerState.save_to_json = recorded(transformers.TrainerState.save_to_json, 1)
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

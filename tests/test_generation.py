@@ -1,0 +1,91 @@
+import math
+
+import pytest
+import torch
+
+from titlegen.generation import ArticleSeededSampling, generate_titles, length_sorted_batches
+from titlegen.modeling import build_model
+from titlegen.strategies import decoding_arguments
+
+from .conftest import ARTICLES, TINY_MODEL, read_lines
+
+# Articles of different lengths, so that length sorting reorders them.
+ARTICLE_TEXTS = [r["maintext"][: 20 + 9 * i] for i, r in enumerate(read_lines(ARTICLES))][::-1]
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """A random tiny mT5: its titles are noise, but any change in decoding changes them."""
+    torch.manual_seed(0)
+    model = build_model("mt5", tokenizer, TINY_MODEL).eval()
+    model.generation_config.max_new_tokens = 8
+    return model
+
+
+def titles(model, tokenizer, **kwargs):
+    return generate_titles(model, tokenizer, ARTICLE_TEXTS, progress=False, **kwargs)
+
+
+def test_length_sorted_batches_cover_every_index_once_longest_first():
+    batches = length_sorted_batches([5, 9, 1, 7, 3], batch_size=2)
+    assert batches == [[1, 3], [0, 4], [2]]
+
+
+def test_titles_come_back_in_input_order_whatever_the_batch_size(model, tokenizer):
+    for strategy in ("greedy", "beam"):
+        arguments = decoding_arguments(strategy)
+        one_by_one = titles(model, tokenizer, batch_size=1, **arguments)
+        assert titles(model, tokenizer, batch_size=5, **arguments) == one_by_one, strategy
+    assert model.config._attn_implementation == "sdpa", "eager attention is only borrowed while generating"
+
+
+def test_bf16_generation_writes_a_title_per_article(model, tokenizer):
+    generated = titles(model, tokenizer, batch_size=5, bf16=True, num_beams=2)
+    assert len(generated) == len(ARTICLE_TEXTS) and all(isinstance(t, str) for t in generated)
+
+
+def test_beam_search_gives_transformers_titles(model, tokenizer):
+    """Leaving the cross-attention cache unordered changes nothing: same titles as a plain generate."""
+    expected = []
+    for text in ARTICLE_TEXTS:
+        inputs = tokenizer(text, return_tensors="pt")
+        output = model.generate(**inputs, num_beams=4, max_new_tokens=8)
+        expected.append(tokenizer.decode(output[0], skip_special_tokens=True).strip())
+    assert titles(model, tokenizer, batch_size=4, num_beams=4) == expected
+
+
+def test_seeded_sampling_gives_the_same_titles_in_any_batch(model, tokenizer):
+    arguments = decoding_arguments("top_p")
+    first = titles(model, tokenizer, batch_size=1, seed=7, **arguments)
+    assert titles(model, tokenizer, batch_size=1, seed=7, **arguments) == first
+    assert titles(model, tokenizer, batch_size=5, seed=7, **arguments) == first
+    assert titles(model, tokenizer, batch_size=5, seed=8, **arguments) != first
+    assert titles(model, tokenizer, **decoding_arguments("greedy")) != first, "it samples"
+
+
+def test_seeded_sampling_applies_the_warpers(model, tokenizer):
+    """Sampling from the single likeliest token (top_k=1) is greedy search."""
+    greedy = titles(model, tokenizer, **decoding_arguments("greedy"))
+    assert titles(model, tokenizer, seed=3, **decoding_arguments("top_k", top_k=1)) == greedy
+    assert titles(model, tokenizer, seed=3, **decoding_arguments("top_p", top_p=1e-6)) == greedy
+
+
+def test_unseeded_sampling_uses_transformers_sampling(model, tokenizer):
+    torch.manual_seed(0)
+    first = titles(model, tokenizer, **decoding_arguments("temperature"))
+    torch.manual_seed(0)
+    assert titles(model, tokenizer, **decoding_arguments("temperature")) == first
+
+
+def test_gumbel_noise_samples_from_the_softmax():
+    """argmax(scores + noise) is drawn from softmax(scores): 20,000 draws, each from its own generator."""
+    scores = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])
+    draws = 20_000
+    noisy = ArticleSeededSampling(range(draws))(None, scores.expand(draws, -1))
+    frequencies = torch.bincount(noisy.argmax(-1), minlength=len(scores)) / draws
+    expected = torch.softmax(scores, -1)
+    assert frequencies[-1] == 0, "a token ruled out by top-k or top-p is never drawn"
+    # The draws are seeded, so this is deterministic; the bound is four standard deviations of a frequency.
+    tolerance = 4 * torch.sqrt(expected * (1 - expected) / draws) + 1e-9
+    assert torch.all((frequencies - expected).abs() <= tolerance), (frequencies, expected)
+    assert math.isclose(frequencies.sum().item(), 1.0, abs_tol=1e-6)

@@ -1,0 +1,136 @@
+"""Prediction keeps its progress: killed midway and rerun, it generates only the missing titles."""
+
+import signal
+import subprocess
+import sys
+
+import pytest
+from transformers import MT5ForConditionalGeneration
+
+from recipes.predict import predict
+from titlegen.progress import PredictionProgress, run_fingerprint
+
+from .conftest import ARTICLES, ROOT, read_lines, subprocess_env
+
+
+def test_side_file_round_trip_drops_a_torn_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    progress = PredictionProgress(out, "run-1")
+    assert progress.load() == {}
+    progress.append([{"title": "標題一", "id": "1"}, {"title": "標題二", "id": "2"}])
+    with open(progress.path, "ab") as f:
+        f.write('{"title": "標題三", "i'.encode())  # killed while writing
+
+    again = PredictionProgress(out, "run-1")
+    assert again.load() == {"1": "標題一", "2": "標題二"}
+    again.append([{"title": "標題三", "id": "3"}])
+    assert PredictionProgress(out, "run-1").load() == {"1": "標題一", "2": "標題二", "3": "標題三"}
+
+    again.finish(out, [{"title": "t", "id": "1"}])
+    assert read_lines(out) == [{"title": "t", "id": "1"}]
+    assert not progress.path.exists()
+
+
+def test_titles_of_a_run_with_other_settings_are_not_reused(tmp_path, caplog):
+    out = tmp_path / "out.jsonl"
+    first = PredictionProgress(out, "run-1")
+    first.load()
+    first.append([{"title": "舊", "id": "1"}])
+    assert PredictionProgress(out, "run-2").load() == {}
+    assert "from a run with other settings or inputs: starting over" in caplog.text
+    assert PredictionProgress(out, "run-1").load() == {}, "the other run's titles are gone"
+
+
+def test_fingerprint_follows_settings_and_files(tmp_path):
+    data = tmp_path / "in.jsonl"
+    data.write_text("a")
+    first = run_fingerprint({"num_beams": 1}, [data])
+    assert run_fingerprint({"num_beams": 1}, [data]) == first
+    assert run_fingerprint({"num_beams": 4}, [data]) != first
+    data.write_text("ab")
+    assert run_fingerprint({"num_beams": 1}, [data]) != first
+
+
+def interrupt_after_first_batch(monkeypatch):
+    """Makes the run stop with Ctrl-C once its first batch is saved."""
+    append = PredictionProgress.append
+
+    def append_then_interrupt(self, records):
+        append(self, records)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PredictionProgress, "append", append_then_interrupt)
+
+
+def count_generated(monkeypatch) -> list[int]:
+    """Records the batch size of every generate call."""
+    sizes = []
+    generate = MT5ForConditionalGeneration.generate
+
+    def counting_generate(self, input_ids=None, **kwargs):
+        sizes.append(len(input_ids))
+        return generate(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(MT5ForConditionalGeneration, "generate", counting_generate)
+    return sizes
+
+
+# Runs the predict recipe and kills it with SIGKILL right after its second batch reached the side file.
+KILLED_AFTER_TWO_BATCHES = """
+import os, signal, sys
+from titlegen.progress import PredictionProgress
+
+append = PredictionProgress.append
+batches = 0
+
+def append_then_die(self, records):
+    global batches
+    append(self, records)
+    batches += 1
+    if batches == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+PredictionProgress.append = append_then_die
+from recipes.predict import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_killed_prediction_resumes_with_only_the_missing_titles(trained_dir, tmp_path, monkeypatch):
+    # Sampling, so that equal files show that every batch is seeded the same way after a restart.
+    flags = ["--batch_size", "2", "--do_sample", "true", "--top_k", "20", "--seed", "7"]
+    expected_out, out = tmp_path / "expected.jsonl", tmp_path / "out.jsonl"
+    predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(expected_out), *flags])
+    args = ["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(out), *flags]
+
+    result = subprocess.run([sys.executable, "-c", KILLED_AFTER_TWO_BATCHES, *args], cwd=ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == -signal.SIGKILL, result.stderr
+    assert not out.exists(), "the output appears only when complete"
+    side = out.with_name(out.name + ".progress")
+    assert len(side.read_text(encoding="utf-8").splitlines()) == 1 + 4, "a header and two batches of two"
+
+    generated = count_generated(monkeypatch)
+    predict(args)
+    assert sum(generated) == len(read_lines(ARTICLES)) - 4
+    assert out.read_bytes() == expected_out.read_bytes()
+    assert not side.exists()
+
+
+def test_a_finished_run_leaves_no_side_file(trained_dir, tmp_path):
+    out = tmp_path / "out.jsonl"
+    predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(out)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+@pytest.mark.parametrize("rerun_flags, reused", [([], 4), (["--num_beams", "2"], 0)], ids=["same", "other"])
+def test_titles_are_reused_only_by_a_run_with_the_same_flags(trained_dir, tmp_path, monkeypatch, rerun_flags, reused):
+    args = ["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "out.jsonl"),
+            "--batch_size", "4"]  # fmt: skip
+    with monkeypatch.context() as patch:
+        interrupt_after_first_batch(patch)
+        with pytest.raises(KeyboardInterrupt):
+            predict(args)
+    sizes = count_generated(monkeypatch)
+    predict(args + rerun_flags)
+    assert sum(sizes) == len(read_lines(ARTICLES)) - reused

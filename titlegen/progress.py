@@ -1,0 +1,96 @@
+"""Prediction that survives being killed: finished titles wait in a side file until the output is whole.
+
+``titlegen-predict`` appends each batch of titles to ``OUTPUT.progress`` (and fsyncs it) as soon as the
+batch is generated. Killed and rerun with the same arguments, it reads them back and generates only
+the articles still missing; once every title exists it writes OUTPUT atomically and deletes the side
+file. OUTPUT therefore never exists half-written, and at most one batch of work is lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from titlegen.data import atomic_write_text, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = "titlegen-predict progress v1"
+
+
+def run_fingerprint(settings: dict, files: Iterable[str | Path]) -> str:
+    """A digest of a run's settings and of the files it reads (path, size and modification time).
+
+    Titles from an earlier run are reused only when this digest is unchanged, so that a changed
+    input file, a retrained model or a new decoding flag starts the work over.
+    """
+    stats = []
+    for path in files:
+        stat = Path(path).stat()
+        stats.append([str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns])
+    text = json.dumps({"settings": settings, "files": sorted(stats)}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class PredictionProgress:
+    """The titles an interrupted prediction run already wrote, kept next to its output file.
+
+    Args:
+        output_path: The output file; the side file is the same path with ``.progress`` added.
+        fingerprint: Identifies the run (see `run_fingerprint`); a side file left by a run with another
+            fingerprint is discarded.
+    """
+
+    def __init__(self, output_path: str | Path, fingerprint: str):
+        self.path = Path(f"{output_path}.progress")
+        self.fingerprint = fingerprint
+
+    def _header(self) -> str:
+        return json.dumps({"format": _FORMAT, "fingerprint": self.fingerprint}) + "\n"
+
+    def load(self) -> dict[str, str]:
+        """Returns the finished titles by id, and prepares the side file for appending.
+
+        A line cut short by a kill is dropped. A missing side file, or one from a run with other
+        settings, is (re)started empty.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        header = self._header().encode("utf-8")
+        if not data.startswith(header):
+            if data:
+                logger.warning("%s is from a run with other settings or inputs: starting over", self.path)
+            atomic_write_text(self.path, self._header())
+            return {}
+        titles: dict[str, str] = {}
+        end = len(header)  # the length of the whole, valid lines read so far
+        for line in data[end:].split(b"\n")[:-1]:  # what follows the last newline was cut short
+            try:
+                record = json.loads(line)
+                titles[record["id"]] = record["title"]
+            except (ValueError, KeyError, TypeError):
+                break  # nothing after a damaged line can be trusted
+            end += len(line) + 1
+        if end < len(data):
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+        return titles
+
+    def append(self, records: Iterable[dict]) -> None:
+        """Adds finished ``{"title", "id"}`` records and forces them to disk."""
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        with open(self.path, "a", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def finish(self, output_path: str | Path, records: Iterable[dict]) -> None:
+        """Writes the whole output atomically, then deletes the side file."""
+        write_jsonl(output_path, records)
+        self.path.unlink(missing_ok=True)
