@@ -37,10 +37,10 @@ def supervised_model(model: str | None) -> Path:
     if not (sft / "model.safetensors").is_file():
         from recipes.train import train
 
-        shutil.rmtree(sft, ignore_errors=True)
         print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {sft}", flush=True)
-        train(["--config", str(ROOT / "trainer_args" / "tiny_offline.yaml"), "--output_dir", str(sft),
-               "--report_to", "none"])  # fmt: skip
+        # --resume: a training that was interrupted continues from its last checkpoint.
+        config = str(ROOT / "trainer_args" / "tiny_offline.yaml")
+        train(["--config", config, "--output_dir", str(sft), "--report_to", "none", "--resume", "true"])
     return sft
 
 
