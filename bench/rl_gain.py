@@ -1,31 +1,31 @@
 """Does RL fine-tuning raise ROUGE? A supervised model before and after titlegen-rl, measured in one run.
 
-    python bench/rl_gain.py [--model DIR] [--max_steps 100] [any titlegen-rl flag ...]
+    python -m bench.rl_gain [--model DIR] [--max_steps 100] [any titlegen-rl flag ...]
 
 1. The supervised model: --model DIR (trained on ../shared/data/lcsts/train.zh-tw.jsonl), or, without
-   it, one trained here with trainer_args/tiny_offline.yaml (kept in bench/results/rl_gain/sft).
+   it, one trained here with trainer_args/tiny_offline.yaml (kept in outputs/bench/rl_gain/sft).
 2. titlegen-rl --config trainer_args/rl_scst.yaml for a fixed budget of steps (each: B articles, K
    samples per article), keeping the checkpoint with the best ROUGE-L on the first max_eval_samples
    validation articles.
 3. Both models title every article of the LCSTS validation and test files with greedy decoding; the
-   table gives tw_rouge F1 ×100 (char segmenter), mean title length (characters) and repetition rate
-   (share of repeated character bigrams), so that a reward hack (long, looping titles) shows. The test
-   file plays no part in training or checkpoint selection.
+   table gives tw_rouge F1 x100 (char segmenter), mean title length (char-segmenter tokens: characters,
+   with runs of Latin letters or digits counted as one) and repetition rate (share of a title's bigrams
+   that repeat an earlier one), so that a reward hack (long, looping titles) shows. The test file plays
+   no part in training or checkpoint selection.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout: this repository's titlegen and recipes
-DATA = ROOT.parent / "shared" / "data" / "lcsts"
-RESULTS = ROOT / "bench" / "results" / "rl_gain"
-SPLITS = {"validation": DATA / "validation.zh-tw.jsonl", "test": DATA / "test.zh-tw.jsonl"}
+from bench._common import LCSTS, ROOT, machine, markdown_table
+
+RESULTS = ROOT / "outputs" / "bench" / "rl_gain"
+SPLITS = {"validation": LCSTS / "validation.zh-tw.jsonl", "test": LCSTS / "test.zh-tw.jsonl"}
 EXAMPLES = 5
 
 
@@ -37,10 +37,10 @@ def supervised_model(model: str | None) -> Path:
     if not (sft / "model.safetensors").is_file():
         from recipes.train import train
 
-        shutil.rmtree(sft, ignore_errors=True)
         print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {sft}", flush=True)
-        train(["--config", str(ROOT / "trainer_args" / "tiny_offline.yaml"), "--output_dir", str(sft),
-               "--report_to", "none"])  # fmt: skip
+        # --resume: a training that was interrupted continues from its last checkpoint.
+        config = str(ROOT / "trainer_args" / "tiny_offline.yaml")
+        train(["--config", config, "--output_dir", str(sft), "--report_to", "none", "--resume", "true"])
     return sft
 
 
@@ -69,10 +69,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "trainer_args" / "rl_scst.yaml"))
     args, rl_flags = parser.parse_known_args()
 
-    import torch
-
     from recipes.rl import rl
     from titlegen.config import DataArguments, parse_args
+    from titlegen.data import read_jsonl
     from titlegen.rl import RLArguments
 
     start_model = supervised_model(args.model)
@@ -89,34 +88,33 @@ def main() -> None:
     before, after = evaluate(start_model, *lengths), evaluate(out, *lengths)
     batch, k = rl_args.per_device_train_batch_size, rl_args.num_return_sequences
 
-    print(f"\nRL budget: {args.max_steps} steps x {batch} articles x {k} samples = "
-          f"{args.max_steps * batch * k} sampled titles; {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min, "
-          f"{torch.get_num_threads()} torch threads")  # fmt: skip
-    print(f"start: {start_model}; RL run: {out} (best validation step: {_best_step(out)})")
+    evals = [r for r in read_jsonl(out / "rl_log.jsonl", fields=()) if "eval_rouge-l" in r]
+    best_step = json.loads((out / "eval_results.json").read_text(encoding="utf-8"))["best"]["step"]
+    print(f"\n{machine()}")
+    print(f"RL budget: {args.max_steps} steps x {batch} articles x {k} samples = {args.max_steps * batch * k} "
+          f"sampled titles: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min")  # fmt: skip
+    print(f"start: {start_model}; RL run: {out}")
+    print(
+        f"ROUGE-L on the first {data_args.max_eval_samples} validation articles by step: "
+        + ", ".join(f"{r['step']}: {r['eval_rouge-l']:.2f}" for r in evals)
+        + f" (kept: step {best_step})"
+    )
     print("greedy decoding, tw_rouge F1 x100 with the char segmenter\n")
-    print("| split | model | ROUGE-1 | ROUGE-2 | ROUGE-L | mean length | repetition rate |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    rows = []
     for split in SPLITS:
-        rows = (("supervised", before[split][0]), ("+ RL", after[split][0]))
-        for name, m in rows:
-            print(f"| {split} | {name} | {m['rouge-1']:.2f} | {m['rouge-2']:.2f} | {m['rouge-l']:.2f} | "
-                  f"{m['title_length']:.1f} | {m['repetition_rate']:.3f} |")  # fmt: skip
-        gain = {key: after[split][0][key] - before[split][0][key] for key in ("rouge-1", "rouge-2", "rouge-l")}
-        print(f"| {split} | gain | {gain['rouge-1']:+.2f} | {gain['rouge-2']:+.2f} | {gain['rouge-l']:+.2f} | | |")
-
-    from titlegen.data import read_jsonl
+        for name, m in (("supervised", before[split][0]), ("+ RL", after[split][0])):
+            rows.append([split, name, m["rouge-1"], m["rouge-2"], m["rouge-l"], m["title_length"],
+                         f"{m['repetition_rate']:.3f}"])  # fmt: skip
+        gain = [after[split][0][key] - before[split][0][key] for key in ("rouge-1", "rouge-2", "rouge-l")]
+        rows.append([split, "gain", *(f"{g:+.2f}" for g in gain), "", ""])
+    header = ["split", "model", "ROUGE-1", "ROUGE-2", "ROUGE-L", "mean length", "repetition rate"]
+    print(markdown_table(header, rows))
 
     records = read_jsonl(SPLITS["validation"], fields=("id", "maintext", "title"))
     print(f"\nThe first {EXAMPLES} validation articles:")
     for i in range(EXAMPLES):
         print(f"- reference:  {records[i]['title']}\n  supervised: {before['validation'][1][i]}\n"
               f"  + RL:       {after['validation'][1][i]}")  # fmt: skip
-
-
-def _best_step(run: Path) -> int:
-    import json
-
-    return json.loads((run / "eval_results.json").read_text(encoding="utf-8"))["best"]["step"]
 
 
 if __name__ == "__main__":

@@ -44,17 +44,17 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen.config import resolved_config, save_config
     from titlegen.data import normalize_text, read_jsonl, split_records, write_json, write_jsonl
     from titlegen.generation import title_generation_config
+    from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import configure_cpu, count_parameters, load_model, load_tokenizer
+    from titlegen.plotting import plot_rl_curves
     from titlegen.preprocessing import make_tokenize_fn
     from titlegen.rl import (
-        add_lora,
         batch_indices,
         evaluate_titles,
         frozen_copy,
         load_checkpoint,
         load_trainable_state,
-        plot_curves,
         ppo_update,
         rollout_statistics,
         rouge_rewards,
@@ -101,7 +101,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     policy.generation_config = title_generation_config(policy, data_args.max_target_length)
     reference = None
     if args.use_lora:
-        policy = add_lora(policy, args.lora_r, args.lora_alpha)
+        policy = add_lora(policy, args.lora_r, args.lora_alpha, dropout=0.0)  # no dropout in RL (titlegen/rl.py)
     elif args.beta:
         reference = frozen_copy(policy).to(device)
     policy.to(device)
@@ -152,7 +152,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
 
     def write_progress() -> None:
         write_jsonl(output_dir / "rl_log.jsonl", state["history"])
-        plot_curves(state["history"], output_dir / "rl_curves.png", title=f"RL from {args.model_name_or_path}")
+        plot_rl_curves(state["history"], output_dir / "rl_curves.png", title=f"RL from {args.model_name_or_path}")
 
     if state["step"] == 0:
         evaluate(0)  # the starting model: the number RL has to beat

@@ -12,11 +12,11 @@ from recipes.rl import main as rl_main
 from recipes.rl import rl
 from titlegen import TitlegenError
 from titlegen.config import DataArguments, parse_args
+from titlegen.lora import add_lora
 from titlegen.metrics import CharSegmenter, JiebaSegmenter, tw_rouge
 from titlegen.modeling import build_model
 from titlegen.rl import (
     RLArguments,
-    add_lora,
     batch_indices,
     completion_mask,
     compute_advantages,
@@ -25,10 +25,11 @@ from titlegen.rl import (
     kl_penalty,
     ppo_clip_loss,
     ppo_update,
-    repetition_rate,
+    repeated_bigram_share,
     rouge_rewards,
     sample_rollout,
     title_logprobs,
+    title_statistics,
     trainable_state,
 )
 
@@ -58,11 +59,13 @@ def test_rouge_rewards_hand_checked():
 def test_repetition_penalty_and_empty_titles():
     seg = CharSegmenter()
     # 股市股市股市: bigrams 股市 市股 股市 市股 股市, 2 distinct of 5.
-    assert repetition_rate(seg(["股市股市股市"])[0]) == pytest.approx(3 / 5)
-    assert repetition_rate(["股", "市"]) == 0.0
+    assert repeated_bigram_share(seg(["股市股市股市"])[0]) == pytest.approx(3 / 5)
+    assert repeated_bigram_share(["股", "市"]) == 0.0
     plain, penalised = (rouge_rewards(["股市股市股市"], ["股市大漲"], seg, repetition_penalty=w)[0] for w in (0.0, 0.5))
     assert penalised == pytest.approx(plain - 0.5 * 3 / 5)
     assert rouge_rewards(["", "..."], ["標題", "標題"], seg) == [0.0, 0.0]
+    # What evaluations report: mean length and the share of titles that repeat a bigram of their own.
+    assert title_statistics(["股市股市", "股市大漲了"], seg) == {"title_length": 4.5, "repetition_rate": 0.5}
 
 
 def test_reward_is_the_reported_metric_pair_by_pair():
@@ -231,6 +234,22 @@ def test_a_few_steps_change_the_weights_and_keep_losses_finite(tiny, tokenizer, 
     assert ("supervised_loss" in stats) == (settings["gamma"] < 1)
     changed = [k for k, v in trainable_state(model).items() if not torch.equal(v, start[k])]
     assert len(changed) == len(start), "every trainable tensor moved"
+
+
+@pytest.mark.parametrize("baseline", ["greedy", "leave_one_out"])
+def test_steps_raise_the_reward_they_are_given(tiny, tokenizer, baseline):
+    """The whole loop optimises: rewarding short titles teaches a random model to stop early."""
+    model, batch, refs = tiny
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    rewards = []
+    for _ in range(80):
+        rollout = sample_rollout(model, tokenizer, batch, refs, lambda titles, _: [-len(t) / 10 for t in titles],
+                                 num_return_sequences=8, baseline=baseline, max_new_tokens=8)  # fmt: skip
+        ppo_update(model, optimizer, batch, rollout)
+        rewards.append(rollout.rewards.mean().item())
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.5, (first, last)
 
 
 def test_batches_are_reproducible_and_cover_every_record():

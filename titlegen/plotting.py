@@ -116,3 +116,39 @@ def plot_comparison(rows: Sequence[dict], path: str | Path, best: str, title: st
     if title:
         fig.suptitle(title)
     _save(fig, path)
+
+
+def plot_rl_curves(history: Sequence[dict], path: str | Path, title: str = "") -> None:
+    """The mean reward per RL step (sampled and greedy titles), and validation ROUGE, against the step.
+
+    Args:
+        history: The records of a titlegen-rl run's ``rl_log.jsonl``.
+        path: PNG file to write.
+        title: Figure title, e.g. the starting model.
+    """
+    plt = _pyplot()
+    steps = [h for h in history if "reward" in h]
+    window = max(1, len(steps) // 20)
+    fig, (reward_ax, rouge_ax) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for key, label, color in (
+        ("reward", "sampled titles", "tab:blue"),
+        ("greedy_reward", "greedy titles", "tab:orange"),
+    ):
+        x, y = _series(steps, key)
+        if x:
+            reward_ax.plot(x, y, color=color, alpha=0.25, lw=1)
+            reward_ax.plot(x, _moving_average(y, window), color=color, lw=2, label=f"{label} ({window}-step mean)")
+    for key in ROUGE_KEYS:
+        rouge_ax.plot(*_series(history, f"eval_{key}"), "o-", label=key.upper())
+    reward_ax.set(ylabel="mean reward", title="Reward")
+    rouge_ax.set(xlabel="RL step", ylabel="f×100", title="Validation ROUGE")
+    for ax in (reward_ax, rouge_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.suptitle(title or "RL fine-tuning")
+    _save(fig, path)
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    return [sum(values[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(values))]

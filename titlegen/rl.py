@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from titlegen.metrics import ROUGE_KEYS, rouge_per_pair
+from titlegen.metrics import ROUGE_KEYS, repetition_rate, rouge_per_pair
 
 if TYPE_CHECKING:
     import torch
@@ -133,11 +133,12 @@ class RLArguments:
 # Reward ---------------------------------------------------------------------------------------------------------------
 
 
-def repetition_rate(words: Sequence[str]) -> float:
+def repeated_bigram_share(words: Sequence[str]) -> float:
     """Share of a title's word bigrams that repeat an earlier one (0 for fewer than 3 words).
 
     Degenerate titles loop ("股市股市股市"); a repeated character is common in good Chinese titles, a
-    repeated bigram is not.
+    repeated bigram is not. The reward penalises this share, which grows with every extra loop; the
+    ``rouge`` package does not, as it counts n-gram sets.
     """
     bigrams = list(zip(words, words[1:], strict=False))
     return 1.0 - len(set(bigrams)) / len(bigrams) if len(bigrams) > 1 else 0.0
@@ -162,7 +163,7 @@ def rouge_rewards(
         segmenter: A segmenter from `titlegen.metrics.get_segmenter` (called on whole lists).
         weights: Weights of ROUGE-1, ROUGE-2 and ROUGE-L F1 (each a fraction in [0, 1]).
         length_penalty: Subtracted times ``|len(title) - len(reference)| / len(reference)``, in words.
-        repetition_penalty: Subtracted times the title's `repetition_rate`.
+        repetition_penalty: Subtracted times the title's `repeated_bigram_share`.
 
     Returns:
         One float per title.
@@ -174,17 +175,19 @@ def rouge_rewards(
         reference_words = segmenter([r.strip() for r in references])
         for i, (words, ref) in enumerate(zip(title_words, reference_words, strict=True)):
             rewards[i] -= length_penalty * abs(len(words) - len(ref)) / max(len(ref), 1)
-            rewards[i] -= repetition_penalty * repetition_rate(words)
+            rewards[i] -= repetition_penalty * repeated_bigram_share(words)
     return rewards
 
 
 def title_statistics(titles: Sequence[str], segmenter) -> dict[str, float]:
-    """Mean length in words and mean `repetition_rate`, where a reward hack (long, looping titles) shows."""
+    """Mean length in words, and the share of titles that repeat a character bigram of their own.
+
+    This is where a reward hack (long, looping titles) shows.
+    """
     words = segmenter([t.strip() for t in titles])
-    n = max(len(words), 1)
     return {
-        "title_length": sum(len(w) for w in words) / n,
-        "repetition_rate": sum(repetition_rate(w) for w in words) / n,
+        "title_length": sum(len(w) for w in words) / max(len(words), 1),
+        "repetition_rate": repetition_rate(titles, 2),
     }
 
 
@@ -550,17 +553,6 @@ def evaluate_titles(
 # Models ---------------------------------------------------------------------------------------------------------------
 
 
-def add_lora(model, r: int = 8, alpha: int = 16):
-    """Wraps `model` in LoRA adapters on peft's default attention projections for its architecture.
-
-    Only the adapters train; ``model.disable_adapter()`` gives back the original model, which serves
-    as the KL reference without a second copy in memory.
-    """
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    return get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=r, lora_alpha=alpha, lora_dropout=0.0))
-
-
 def frozen_copy(model):
     """A copy of `model` with gradients off and dropout off: the reference of full fine-tuning."""
     import copy
@@ -599,19 +591,16 @@ def batch_indices(num_records: int, batch_size: int, step: int, seed: int) -> li
     return indices
 
 
-CHECKPOINT_PREFIX = "checkpoint-"
-
-
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete checkpoint with the highest step in `output_dir`, if any."""
-    found = [p for p in Path(output_dir).glob(f"{CHECKPOINT_PREFIX}*") if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return max(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]), default=None)
+    """The ``checkpoint-STEP`` folder with the highest step in `output_dir`, if any (each is written whole)."""
+    from titlegen.checkpoints import checkpoint_step
+
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and checkpoint_step(p) is not None]
+    return max(found, key=checkpoint_step, default=None)
 
 
 def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: dict) -> Path:
     """Writes everything a run needs to continue to ``checkpoint-STEP``, atomically, and removes older ones.
-
-    The folder is written under a temporary name and renamed, so a checkpoint folder is always complete.
 
     Args:
         output_dir: The run's folder.
@@ -621,27 +610,27 @@ def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: 
         state: JSON-serialisable run state with at least ``step``.
     """
     import shutil
-    import tempfile
 
     import torch
     from safetensors.torch import save_file
 
-    from titlegen.data import write_json
+    from titlegen.checkpoints import checkpoint_step
+    from titlegen.data import atomic_output_dir, write_json
 
-    output_dir = Path(output_dir)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{state['step']}"
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=output_dir))
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()},
-        tmp / "optimizer.pt",
-    )
-    write_json(tmp / "state.json", state)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    for old in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
-        if old != final and old.name[len(CHECKPOINT_PREFIX) :].isdigit():
+    final = Path(output_dir) / f"checkpoint-{state['step']}"
+    with atomic_output_dir(final) as tmp:  # the folder appears complete or not at all
+        save_file(trainable_state(model), tmp / "trainable.safetensors")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "optimizer.pt",
+        )
+        write_json(tmp / "state.json", state)
+    for old in Path(output_dir).glob("checkpoint-*"):
+        if old != final and checkpoint_step(old) is not None:
             shutil.rmtree(old)
     return final
 
@@ -662,54 +651,3 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     return json.loads((path / "state.json").read_text(encoding="utf-8"))
-
-
-def plot_curves(history: Sequence[dict], path: str | Path, title: str = "") -> None:
-    """PNG of the reward per step (samples and greedy titles) and of validation ROUGE against steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h for h in history if "reward" in h]
-    evals = [h for h in history if "eval_rouge-l" in h]
-    window = max(1, len(steps) // 20)
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
-    x = [h["step"] for h in steps]
-    for key, label, color in (("reward", "samples", "tab:blue"), ("greedy_reward", "greedy titles", "tab:orange")):
-        if steps and key in steps[0]:
-            y = [h[key] for h in steps]
-            top.plot(x, y, color=color, alpha=0.25, lw=1)
-            top.plot(x, _moving_average(y, window), color=color, lw=2, label=f"{label} ({window}-step mean)")
-    top.set_ylabel("mean reward")
-    for key, color in zip(ROUGE_KEYS, ("tab:green", "tab:purple", "tab:red"), strict=True):
-        bottom.plot([h["step"] for h in evals], [h[f"eval_{key}"] for h in evals], "o-", color=color, label=key.upper())
-    bottom.set_xlabel("RL step")
-    bottom.set_ylabel("validation F1 ×100")
-    for ax in (top, bottom):
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best")
-    fig.suptitle(title or "RL fine-tuning")
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def _moving_average(values: Sequence[float], window: int) -> list[float]:
-    return [sum(values[max(0, i - window + 1) : i + 1]) / min(i + 1, window) for i in range(len(values))]
-
-
-def _save_figure(fig, path: str | Path) -> None:
-    """Saves a matplotlib figure as PNG through a temporary file and a rename."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
