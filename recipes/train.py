@@ -37,6 +37,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     # Heavy imports after parsing, so that --help answers at once.
     import torch
     import transformers
+    from datasets import concatenate_datasets
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, set_seed
 
     from titlegen import TitlegenError, __version__
@@ -59,7 +60,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         load_tokenizer,
     )
     from titlegen.plotting import plot_learning_curves
-    from titlegen.preprocessing import make_tokenize_fn, to_features
+    from titlegen.preprocessing import lead_pairs, make_tokenize_fn, to_features
     from titlegen.tokenizer import train_tokenizer
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
@@ -103,12 +104,15 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                     tokenizer = load_tokenizer(str(tokenizer_dir))
                 else:
                     logger.info(
-                        "training a %d-token SentencePiece tokenizer on %s",
+                        "training a %s SentencePiece tokenizer of at most %d tokens on %s",
+                        model_args.tokenizer_type,
                         model_args.tokenizer_vocab_size,
                         data_args.train_file,
                     )
                     texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
-                    tokenizer = train_tokenizer(texts, tokenizer_dir, vocab_size=model_args.tokenizer_vocab_size)
+                    tokenizer = train_tokenizer(
+                        texts, tokenizer_dir, model_args.tokenizer_vocab_size, model_type=model_args.tokenizer_type
+                    )
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
     if model_args.freeze_encoder:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
@@ -146,6 +150,16 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     with training_args.main_process_first(desc="tokenizing"):
         train_dataset = to_features(train_records, columns, tokenize, desc="tokenizing train")
         eval_dataset = to_features(eval_records, columns, tokenize, desc="tokenizing validation")
+        if data_args.lead_pairs:
+            leads = lead_pairs(
+                train_dataset,
+                data_args.lead_pairs,
+                data_args.max_target_length,
+                tokenizer.eos_token_id,
+                training_args.seed,
+            )
+            logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
+            train_dataset = concatenate_datasets([train_dataset, leads])
 
     callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:

@@ -30,3 +30,28 @@ def test_matches_sentencepiece_and_reloads(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again(text).input_ids == tokenizer(text).input_ids
+
+
+def test_char_tokenizer_has_one_token_per_character_and_matches_sentencepiece(tmp_path):
+    from titlegen.tokenizer import train_tokenizer
+
+    texts = ["北市明年增設公共自行車站", "延長夜間營運時間 2024 年", "國中生開發紙鈔辨識程式"] * 20
+    tokenizer = train_tokenizer(texts, tmp_path, vocab_size=400, model_type="char")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
+    for text in ("北市明年增設車站", "國中生 2024 年開發程式", "夜間營運，鱻"):
+        ids = tokenizer(text).input_ids[:-1]
+        assert ids == sp.encode(text)
+        assert tokenizer.decode(ids) == text
+    assert len(tokenizer("北市明年增設").input_ids) == 1 + 6 + 1  # the leading "▁", six characters, </s>
+
+
+def test_unknown_tokenizer_type_and_too_small_char_vocabulary_are_refused(tmp_path):
+    import pytest
+
+    from titlegen import TitlegenError
+    from titlegen.tokenizer import train_tokenizer
+
+    with pytest.raises(TitlegenError, match="tokenizer model type 'bpe'"):
+        train_tokenizer(["新聞"] * 10, tmp_path, model_type="bpe")
+    with pytest.raises(TitlegenError, match="tokenizer_vocab_size=200 leaves no room"):
+        train_tokenizer(["新聞"] * 10, tmp_path, vocab_size=200, model_type="char")

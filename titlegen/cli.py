@@ -69,7 +69,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
 
 def _train_tokenizer(argv: Sequence[str] | None) -> None:
     from titlegen.data import read_jsonl
-    from titlegen.tokenizer import train_tokenizer
+    from titlegen.tokenizer import MODEL_TYPES, train_tokenizer
 
     parser = argparse.ArgumentParser(
         prog="titlegen-tokenizer",
@@ -78,16 +78,17 @@ def _train_tokenizer(argv: Sequence[str] | None) -> None:
     parser.add_argument("files", nargs="+", help="jsonl files to learn from")
     parser.add_argument("-o", "--output_dir", required=True, help="tokenizer folder to write")
     parser.add_argument("--vocab_size", type=int, default=8000)
+    parser.add_argument("--type", default="unigram", choices=MODEL_TYPES, help="unigram (as mT5) or char")
     parser.add_argument("--columns", nargs="+", default=["maintext", "title"], help="fields to learn from")
     args = parser.parse_args(argv)
 
     texts = [r[c] for path in args.files for r in read_jsonl(path, fields=args.columns) for c in args.columns]
-    tokenizer = train_tokenizer(texts, args.output_dir, vocab_size=args.vocab_size)
+    tokenizer = train_tokenizer(texts, args.output_dir, vocab_size=args.vocab_size, model_type=args.type)
     print(f"wrote {args.output_dir} ({len(tokenizer)} tokens)")
 
 
 def tokenizer_main(argv: Sequence[str] | None = None) -> int:
-    """``titlegen-tokenizer FILE.jsonl ... -o DIR [--vocab_size N]``."""
+    """``titlegen-tokenizer FILE.jsonl ... -o DIR [--vocab_size N] [--type unigram|char]``."""
     return run(_train_tokenizer, argv)
 
 

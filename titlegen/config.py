@@ -52,6 +52,14 @@ class ModelArguments:
     tokenizer_vocab_size: int = field(
         default=8000, metadata={"help": "Vocabulary size of a tokenizer trained on the training text."}
     )
+    tokenizer_type: str = field(
+        default="unigram",
+        metadata={
+            "help": "Kind of tokenizer trained on the training text: unigram (as mT5) or char (one token per "
+            "character; a model trained from scratch learns to copy from the article sooner).",
+            "choices": ["unigram", "char"],
+        },
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Train only the decoder: the encoder's parameters stay fixed."}
@@ -112,6 +120,14 @@ class DataArguments:
     max_source_length: int = field(default=256, metadata={"help": "Articles are truncated to this many tokens."})
     max_target_length: int = field(default=64, metadata={"help": "Titles are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    lead_pairs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Also train on article-lead pairs (the article's first max_target_length tokens as its "
+            "title), this many per training pair (0-1). Teaches a model trained from scratch to copy from "
+            "the article; 0 for pretrained models."
+        },
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
 
 

@@ -1,5 +1,9 @@
 """Training a SentencePiece tokenizer on the training text, saved as a Hugging Face tokenizer folder.
 
+Two kinds: ``unigram`` (mT5's own, pieces of one or more characters) and ``char`` (one piece per
+character). A model trained from scratch on a few thousand articles learns to copy from the article much
+sooner with ``char``: every title character is then a piece it can find in the article.
+
 The tokenizer follows mT5's conventions (ids: pad 0, eos 1, unk 2; ``▁`` marks a space) and adds
 byte fallback, so digits, Latin letters, punctuation and rare characters are never ``<unk>``.
 
@@ -18,6 +22,8 @@ from titlegen import TitlegenError
 from titlegen.data import normalize_text
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+# A char model's pieces are single characters, which the Unigram pipeline below reproduces exactly.
+MODEL_TYPES = ("unigram", "char")
 
 
 def train_tokenizer(
@@ -25,6 +31,7 @@ def train_tokenizer(
     output_dir: str | Path,
     vocab_size: int = 8000,
     character_coverage: float = 0.9995,
+    model_type: str = "unigram",
 ):
     """Trains a SentencePiece model on `texts` and saves it as a tokenizer folder.
 
@@ -33,6 +40,7 @@ def train_tokenizer(
         output_dir: Folder to write (``tokenizer.json``, ``tokenizer_config.json``, ``spiece.model``).
         vocab_size: Upper bound on the vocabulary size (smaller corpora give smaller vocabularies).
         character_coverage: Share of characters that get their own piece; the rest use byte pieces.
+        model_type: ``unigram`` or ``char``.
 
     Returns:
         The tokenizer, loaded back from `output_dir`.
@@ -40,6 +48,8 @@ def train_tokenizer(
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
+    if model_type not in MODEL_TYPES:
+        raise TitlegenError(f"tokenizer model type '{model_type}' is not one of {', '.join(MODEL_TYPES)}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     sentences = (s for s in (normalize_text(t) for t in texts) if s)
@@ -50,7 +60,7 @@ def train_tokenizer(
                 sentence_iterator=sentences,
                 model_prefix=prefix,
                 vocab_size=vocab_size,
-                model_type="unigram",  # as mT5
+                model_type=model_type,
                 character_coverage=character_coverage,
                 pad_id=0,
                 eos_id=1,
@@ -69,6 +79,11 @@ def train_tokenizer(
                 minloglevel=2,
             )
         except RuntimeError as err:
+            if "(vocab_size) >= (0)" in str(err):  # the char trainer, when byte and special pieces fill it
+                raise TitlegenError(
+                    f"tokenizer_vocab_size={vocab_size} leaves no room for characters next to the 259 byte and "
+                    "special pieces; raise tokenizer_vocab_size"
+                ) from err
             if "required_chars" in str(err):
                 raise TitlegenError(
                     f"tokenizer_vocab_size={vocab_size} is smaller than the number of distinct characters "
