@@ -222,7 +222,7 @@ def test_out_of_memory_in_training_names_the_settings_and_the_switches(tmp_path,
     message = err[err.index("error: ") :]  # after the progress bars
     assert message.startswith(
         "error: out of memory while training: per_device_train_batch_size 4 x gradient_accumulation_steps 1, "
-        "max_source_length 128, max_target_length 16, float32 weights with bf16 autocast, "
+        "max_source_length 64, max_target_length 16, float32 weights with bf16 autocast, "
         "optim adamw_torch_fused, activation_checkpointing false (estimated peak "
     )
     lines = [line.strip() for line in message.splitlines() if line.startswith("  ")]
@@ -232,7 +232,7 @@ def test_out_of_memory_in_training_names_the_settings_and_the_switches(tmp_path,
         "--activation_checkpointing true",
         "--optim adafactor --learning_rate 0.001",
     }
-    assert switches[-1] == "--max_source_length 64"  # shorter articles change the task: last
+    assert switches[-1] == "--max_source_length 32"  # shorter articles change the task: last
     peaks = [in_bytes(line.split("(estimated peak ")[1].rstrip(")")) for line in lines]
     assert peaks[:-1] == sorted(peaks[:-1]), "the most effective switch first"
     assert f"{run / 'checkpoint-3'} is complete: add --resume true" in message
@@ -271,10 +271,10 @@ def test_out_of_memory_in_prediction_suggests_smaller_batches(trained_dir, tmp_p
     err = capsys.readouterr().err
     message = err[err.index("error: ") :]
     assert message.startswith(
-        "error: out of memory while generating: batch_size 16 x num_beams 4, max_source_length 128"
+        "error: out of memory while generating: batch_size 16 x num_beams 4, max_source_length 64"
     )
     assert [line.split("   ")[0].strip() for line in message.splitlines() if line.startswith("  ")] == [
-        "1. --batch_size 8", "2. --num_beams 2", "3. --bf16 true", "4. --max_source_length 64",
+        "1. --batch_size 8", "2. --num_beams 2", "3. --bf16 true", "4. --max_source_length 32",
     ]  # fmt: skip
     assert not (tmp_path / "p.jsonl").exists()
 
