@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--model", help="supervised model folder (default: train one with tiny_offline.yaml)")
     parser.add_argument("--max_steps", type=int, default=100, help="the RL budget, in steps (default: 100)")
     parser.add_argument("--config", default=str(ROOT / "trainer_args" / "rl_scst.yaml"))
+    parser.add_argument("--output_dir", default=str(RESULTS / "rl"), help="the RL run's folder (replaced)")
     args, rl_flags = parser.parse_known_args()
 
     from recipes.rl import rl
@@ -75,7 +76,7 @@ def main() -> None:
     from titlegen.rl import RLArguments
 
     start_model = supervised_model(args.model)
-    out = RESULTS / "rl"
+    out = Path(args.output_dir)
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--config", args.config, "--model", str(start_model), "--output_dir", str(out),
             "--max_steps", str(args.max_steps), *rl_flags]  # fmt: skip

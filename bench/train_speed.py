@@ -53,25 +53,46 @@ def parse_args(argv=None) -> argparse.Namespace:
 class StepTimer:
     """Times each optimizer step and counts the real tokens its forward passes saw.
 
-    A ``TrainerCallback`` (built in the child process, where transformers is imported).
+    A ``TrainerCallback`` (built in the child process, where transformers is imported). The Trainer hands
+    the labels to titlegen's loss function, not to the model, so the tokens are counted as batches leave
+    ``DataCollatorForSeq2Seq`` (both recipes use it) and credited to the training forward pass that takes
+    each batch, in order.
     """
 
     @staticmethod
     def create():
-        from transformers import TrainerCallback
+        import collections
+
+        from transformers import DataCollatorForSeq2Seq, TrainerCallback
 
         class _StepTimer(TrainerCallback):
             def __init__(self):
                 self.steps: list[dict] = []
                 self._tokens = [0, 0, 0]  # samples, source tokens, target tokens since the step began
+                self._collated: collections.deque = collections.deque()
+                collate = DataCollatorForSeq2Seq.__call__
+
+                def counting_collate(collator, features, *args, **kwargs):
+                    batch = collate(collator, features, *args, **kwargs)
+                    labels = batch.get("labels")
+                    self._collated.append(
+                        (
+                            batch["input_ids"].shape[0],
+                            int(batch["attention_mask"].sum()),
+                            int((labels != -100).sum()) if labels is not None else 0,
+                        )
+                    )
+                    return batch
+
+                DataCollatorForSeq2Seq.__call__ = counting_collate
 
             def _count(self, module, args, kwargs):
-                if module.training:
-                    self._tokens[0] += kwargs["input_ids"].shape[0]
-                    self._tokens[1] += int(kwargs["attention_mask"].sum())
-                    self._tokens[2] += int((kwargs["labels"] != -100).sum())
+                if module.training and self._collated:
+                    for i, n in enumerate(self._collated.popleft()):
+                        self._tokens[i] += n
 
             def on_train_begin(self, args, state, control, model=None, **kwargs):
+                self._collated.clear()
                 model.register_forward_pre_hook(self._count, with_kwargs=True)
 
             def on_step_begin(self, args, state, control, **kwargs):

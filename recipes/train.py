@@ -10,6 +10,7 @@ eval_predictions.jsonl, trainer_state.json, learning_curves.png and checkpoints.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -127,7 +128,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     generation_config = title_generation_config(
         model, data_args.max_target_length, training_args.generation_num_beams or 1
     )
-    model.generation_config = generation_config
+    # A copy: Seq2SeqTrainer fills the model's config in place (max_length=20) as it evaluates.
+    model.generation_config = copy.deepcopy(generation_config)
 
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
@@ -183,8 +185,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
 
     with out_of_memory_advice(training_advice, trainer, data_args):
         result = trainer.train(resume_from_checkpoint=checkpoint)
-    # Seq2SeqTrainer fills the model's generation config with defaults (max_length=20) as it evaluates;
-    # save the one we chose, so that prediction uses exactly max_new_tokens.
+    # Save the config we chose, untouched by evaluation, so that prediction uses exactly max_new_tokens.
     trainer.model.generation_config = generation_config
     trainer.save_model()
     if training_args.should_save:

@@ -139,7 +139,7 @@ def test_greedy_titles_equal_the_original_model_kept_to_the_same_tokens(trained_
     predict(["--model", str(pruned_dir), "--input", str(ARTICLES), "--output", str(pruned_out), "--num_beams", "1"])
     suppress = [i for i in range(model.config.vocab_size) if i not in kept]
     expected = generate_titles(
-        model, tokenizer, articles, max_source_length=128, progress=False, suppress_tokens=suppress
+        model, tokenizer, articles, max_source_length=64, progress=False, suppress_tokens=suppress
     )
     assert [p["title"] for p in read_lines(pruned_out)] == expected
     _, total = count_parameters(AutoModelForSeq2SeqLM.from_pretrained(pruned_dir))

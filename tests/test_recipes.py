@@ -17,7 +17,7 @@ from recipes.train import main as train_main
 from recipes.train import train
 from titlegen.generation import generate_titles
 
-from .conftest import ARTICLES, ROOT, SHARED_DATA, read_lines, tiny_train_args
+from .conftest import ARTICLES, NO_EVAL, ROOT, SHARED_DATA, read_lines, tiny_train_args
 
 
 def test_training_writes_a_reproducible_run(trained_dir):
@@ -42,6 +42,8 @@ def test_the_saved_model_reloads_and_predicts(trained_dir, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
     assert model.generation_config.max_new_tokens == 16
+    # Evaluation during training set max_length=20 in the model's config; the saved one is as chosen.
+    assert model.generation_config.max_length is None
     out = tmp_path / "pred.jsonl"
     predictions = predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(out)])
     assert read_lines(out) == predictions
@@ -102,6 +104,14 @@ def test_training_refuses_to_overwrite_a_run_and_resumes_on_request(trained_dir,
     state = json.loads((run / "trainer_state.json").read_text())
     assert state["global_step"] == 2 * first_state["global_step"]
     assert metrics["epoch"] == 2
+
+
+def test_lead_pairs_add_one_article_opening_target_per_article(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="titlegen.train")
+    run = tmp_path / "leads"
+    train(tiny_train_args(run, "--num_train_epochs", "1", "--lead_pairs", "1.0", *NO_EVAL))
+    assert "training on 12 pairs and 12 article-lead pairs" in caplog.text
+    assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 24 // 4
 
 
 def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
