@@ -40,7 +40,7 @@ demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, pred
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter auto
 	@head -n 5 outputs/demo/sample_predictions.jsonl
 
-bench:  ## every benchmark in bench/ on real data (see bench/README.md; the quality one trains for up to an hour)
+bench:  ## every benchmark in bench/ on real data (see bench/README.md; the quality one trains for 40 minutes)
 	for f in bench/[!_]*.py; do echo "== $$f"; $(PYTHON) -m bench.$$(basename $$f .py) $(ARGS) || exit 1; done
 
 .PHONY: bench-peft

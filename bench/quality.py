@@ -1,6 +1,6 @@
 """Title quality within a CPU budget: titlegen's offline default trained from scratch on LCSTS, scored on its test set.
 
-    python -m bench.quality [--minutes 60] [--eval_steps 200] [--output_dir outputs/bench/quality] [--key value ...]
+    python -m bench.quality [--minutes 40] [--max_steps 20000] [--eval_steps 1000] [--output_dir DIR] [--key value ...]
 
 Trains ``trainer_args/tiny_offline.yaml`` with ``recipes/train.py`` on LCSTS train for at most `--minutes` of
 training steps (evaluation not counted), evaluating on the validation file every `--eval_steps` steps and keeping
@@ -28,8 +28,10 @@ LEADS = (18, 30)
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=60.0, help="training time budget (steps only)")
-    parser.add_argument("--eval_steps", type=int, default=200, help="validate (and checkpoint) this often")
+    parser.add_argument("--minutes", type=float, default=40.0, help="training time budget (steps only)")
+    # The learning rate decays to 0 over max_steps: about what one core runs in the budget (8.5 steps/s).
+    parser.add_argument("--max_steps", type=int, default=20000, help="length of the learning-rate schedule")
+    parser.add_argument("--eval_steps", type=int, default=1000, help="validate (and checkpoint) this often")
     parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "bench" / "quality"))
     return parser.parse_known_args(argv)
 
@@ -99,6 +101,7 @@ def main(argv=None) -> None:
             "--save_strategy", "steps",
             "--save_steps", str(args.eval_steps),
             "--report_to", "none",
+            "--max_steps", str(args.max_steps),
             *recipe_args,
         ],
         callbacks=[budget],

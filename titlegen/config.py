@@ -120,6 +120,7 @@ class DataArguments:
     max_source_length: int = field(default=256, metadata={"help": "Articles are truncated to this many tokens."})
     max_target_length: int = field(default=64, metadata={"help": "Titles are truncated to this many tokens."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
     lead_pairs: float = field(
         default=0.0,
         metadata={
@@ -128,7 +129,6 @@ class DataArguments:
             "the article; 0 for pretrained models."
         },
     )
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
 
 
 @dataclass
