@@ -17,6 +17,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_MODEL = "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1,num_decoder_layers=1,dropout_rate=0.0"
 
 
+def f1(precision: float, recall: float) -> float:
+    """The F1 of a hand-counted precision and recall, for checking ROUGE scores."""
+    return 2 * precision * recall / (precision + recall)
+
+
 def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 

@@ -13,9 +13,7 @@ from titlegen.metrics import (
     tw_rouge,
 )
 
-
-def f1(p, r):
-    return 2 * p * r / (p + r)
+from .conftest import f1
 
 
 def test_char_segmenter_keeps_ascii_runs_whole():

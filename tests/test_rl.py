@@ -33,12 +33,7 @@ from titlegen.rl import (
     trainable_state,
 )
 
-from .conftest import ARTICLES, ROOT, TINY_MODEL, read_lines
-
-
-def f1(p, r):
-    return 2 * p * r / (p + r)
-
+from .conftest import ARTICLES, ROOT, TINY_MODEL, f1, read_lines
 
 # Reward -------------------------------------------------------------------------------------------------------------
 

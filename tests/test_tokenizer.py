@@ -1,7 +1,10 @@
+import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer
 
+from titlegen import TitlegenError
 from titlegen.data import normalize_text
+from titlegen.tokenizer import train_tokenizer
 
 
 def test_special_token_ids_follow_mt5(tokenizer):
@@ -33,8 +36,6 @@ def test_matches_sentencepiece_and_reloads(tokenizer, tmp_path):
 
 
 def test_char_tokenizer_has_one_token_per_character_and_matches_sentencepiece(tmp_path):
-    from titlegen.tokenizer import train_tokenizer
-
     texts = ["北市明年增設公共自行車站", "延長夜間營運時間 2024 年", "國中生開發紙鈔辨識程式"] * 20
     tokenizer = train_tokenizer(texts, tmp_path, vocab_size=400, model_type="char")
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
@@ -46,11 +47,6 @@ def test_char_tokenizer_has_one_token_per_character_and_matches_sentencepiece(tm
 
 
 def test_unknown_tokenizer_type_and_too_small_char_vocabulary_are_refused(tmp_path):
-    import pytest
-
-    from titlegen import TitlegenError
-    from titlegen.tokenizer import train_tokenizer
-
     with pytest.raises(TitlegenError, match="tokenizer model type 'bpe'"):
         train_tokenizer(["新聞"] * 10, tmp_path, model_type="bpe")
     with pytest.raises(TitlegenError, match="tokenizer_vocab_size=200 leaves no room"):
