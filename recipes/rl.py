@@ -19,6 +19,9 @@ from pathlib import Path
 
 logger = logging.getLogger("titlegen.rl")
 
+# Taken from the starting model's run_config.yaml when the RL config does not set them.
+TRAINED_DATA_SETTINGS = ("source_prefix", "max_source_length", "max_target_length")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     from titlegen.cli import run
@@ -28,9 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen.config import DataArguments, parse_args
+    from titlegen.modeling import trained_settings
     from titlegen.rl import RLArguments
 
     args, data_args = parse_args((RLArguments, DataArguments), argv, description=__doc__)
+    if args.model_name_or_path:
+        # Articles and titles as the starting model was trained on them, unless the config says otherwise.
+        trained = trained_settings(args.model_name_or_path)
+        defaults = {key: trained[key] for key in TRAINED_DATA_SETTINGS}
+        args, data_args = parse_args((RLArguments, DataArguments), argv, description=__doc__, defaults=defaults)
     # Heavy imports after parsing, so that --help answers at once.
     import functools
 

@@ -10,7 +10,6 @@ eval_predictions.jsonl, trainer_state.json, learning_curves.png and checkpoints.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     import torch
     import transformers
     from datasets import concatenate_datasets
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, Seq2SeqTrainer, set_seed
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, set_seed
 
     from titlegen import TitlegenError, __version__
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
@@ -63,6 +62,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen.plotting import plot_learning_curves
     from titlegen.preprocessing import lead_pairs, make_tokenize_fn, to_features
     from titlegen.tokenizer import train_tokenizer
+    from titlegen.trainer import TitleTrainer
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
@@ -128,8 +128,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     generation_config = title_generation_config(
         model, data_args.max_target_length, training_args.generation_num_beams or 1
     )
-    # A copy: Seq2SeqTrainer fills the model's config in place (max_length=20) as it evaluates.
-    model.generation_config = copy.deepcopy(generation_config)
+    model.generation_config = generation_config
 
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
@@ -156,9 +155,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
             leads = lead_pairs(
                 train_dataset,
                 data_args.lead_pairs,
-                data_args.max_target_length,
-                tokenizer.eos_token_id,
-                training_args.seed,
+                max_target_length=data_args.max_target_length,
+                eos_token_id=tokenizer.eos_token_id,
+                seed=training_args.seed,
             )
             logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
             train_dataset = concatenate_datasets([train_dataset, leads])
@@ -166,7 +165,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
-    trainer = Seq2SeqTrainer(
+    trainer = TitleTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -185,8 +184,6 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
 
     with out_of_memory_advice(training_advice, trainer, data_args):
         result = trainer.train(resume_from_checkpoint=checkpoint)
-    # Save the config we chose, untouched by evaluation, so that prediction uses exactly max_new_tokens.
-    trainer.model.generation_config = generation_config
     trainer.save_model()
     if training_args.should_save:
         generation_config.save_pretrained(output_dir)  # a LoRA adapter is saved without it

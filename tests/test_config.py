@@ -49,6 +49,15 @@ def test_command_line_overrides_config():
     assert training_args.per_device_train_batch_size == 16  # from the YAML
 
 
+def test_given_defaults_sit_below_config_and_command_line():
+    defaults = {"max_source_length": 100, "max_target_length": 10, "source_prefix": "x: "}
+    argv = ["--config", str(ROOT / "trainer_args/tiny_offline.yaml"), "--max_target_length", "20"]
+    _, data_args, *_ = parse_args(TRAIN_TYPES, argv, defaults=defaults)
+    assert data_args.source_prefix == "x: "  # set nowhere else
+    assert data_args.max_source_length == 64  # the YAML's
+    assert data_args.max_target_length == 20  # the command line's
+
+
 def test_unknown_key_names_key_and_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("learnig_rate: 0.1\noutput_dir: x\n")

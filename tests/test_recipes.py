@@ -42,8 +42,12 @@ def test_the_saved_model_reloads_and_predicts(trained_dir, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
     assert model.generation_config.max_new_tokens == 16
-    # Evaluation during training set max_length=20 in the model's config; the saved one is as chosen.
-    assert model.generation_config.max_length is None
+    # Seq2SeqTrainer's evaluation fills the model's config with max_length=20; the saved ones are as chosen.
+    checkpoints = sorted(trained_dir.glob("checkpoint-*"))
+    assert checkpoints, "checkpoints were saved"
+    for folder in (trained_dir, *checkpoints):
+        saved = json.loads((folder / "generation_config.json").read_text())
+        assert saved["max_new_tokens"] == 16 and "max_length" not in saved, folder
     out = tmp_path / "pred.jsonl"
     predictions = predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(out)])
     assert read_lines(out) == predictions

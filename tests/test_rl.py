@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 from recipes.rl import main as rl_main
 from recipes.rl import rl
@@ -295,6 +296,8 @@ def test_recipe_writes_a_model_logs_and_curves(trained_dir, tmp_path):
     ]
     for name in outputs:
         assert (out / name).is_file(), name
+    # rl_scst.yaml leaves the article length to the starting model's run_config.yaml (tiny_offline: 64).
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["max_source_length"] == 64
     log = read_lines(out / "rl_log.jsonl")
     steps = [r for r in log if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]

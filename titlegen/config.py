@@ -12,7 +12,7 @@ import dataclasses
 import difflib
 import enum
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,10 +189,16 @@ def load_config_file(path: str, types: Sequence[type]) -> dict[str, Any]:
     return values
 
 
-def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, description: str | None = None):
+def parse_args(
+    types: Sequence[type],
+    argv: Sequence[str] | None = None,
+    description: str | None = None,
+    defaults: Mapping[str, Any] | None = None,
+):
     """Parses ``[--config FILE] [--key value ...]`` into one instance of each dataclass in `types`.
 
     The YAML file gives defaults; command-line flags override them. Unknown keys and flags are errors.
+    `defaults`, when given, replace the dataclasses' own defaults, below the YAML file.
 
     Returns:
         A tuple with one instance per type, in the order of `types`.
@@ -203,6 +209,8 @@ def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, descrip
     # allow_abbrev=False: a flag is a setting's full name, as in YAML; argparse would take --num_beam as --num_beams.
     parser = HfArgumentParser(list(types), description=description, allow_abbrev=False)
     parser.add_argument("--config", default=None, help="YAML file with default values for any setting below.")
+    if defaults:
+        parser.set_defaults(**defaults)
     known, unknown = parser.parse_known_args(argv)  # finds --config (and answers --help at once)
     if unknown:
         flags = [a[2:].split("=")[0] for a in unknown if a.startswith("--")]
