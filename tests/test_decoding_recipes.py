@@ -1,6 +1,7 @@
 """Smoke runs of titlegen-compare, titlegen-predict --strategy and titlegen-plot on a tiny model."""
 
 import csv
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,8 @@ def test_compare_writes_table_chart_and_titles_of_every_setting(trained_dir, tmp
     assert [r["setting"] for r in table] == [r["setting"] for r in rows]
     assert all(0 <= float(r["rouge-l"]) <= 100 and float(r["titles/s"]) > 0 for r in table)
     report = (out / "comparison.md").read_text(encoding="utf-8")
-    assert "Best by rouge-l: **" in report and "| top_p=0.9 |" in report
+    assert "Best by rouge-l: **" in report
+    assert re.search(r"^\| (\*\*)?top_p=0\.9(\*\*)? \|", report, re.MULTILINE), "a row per setting, the best in bold"
     assert (out / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
