@@ -53,14 +53,7 @@ def to_features(records: list[dict], columns: Sequence[str], tokenize: Callable[
     return table.map(tokenize, batched=True, remove_columns=list(columns), desc=desc)
 
 
-def lead_pairs(
-    features,
-    share: float,
-    *,
-    max_target_length: int,
-    eos_token_id: int,
-    seed: int,
-):
+def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: int, seed: int):
     """Extra training pairs whose target is the article's own opening: its first `max_target_length` tokens.
 
     A model trained from scratch on a few thousand titles does not learn to copy from the article; trained
