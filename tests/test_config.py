@@ -14,6 +14,7 @@ from titlegen.config import (
     resolved_config,
     save_config,
 )
+from titlegen.modeling import build_model
 from titlegen.rl import RLArguments
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,3 +98,13 @@ def test_predict_flags_have_short_aliases():
 def test_lora_configs_adapt_a_pretrained_model(name):
     model_args, *_ = parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
     assert model_args.use_lora and model_args.model_name_or_path
+
+
+def test_offline_lora_targets_layers_the_offline_model_has(tokenizer):
+    (lora_args, *_), (offline_args, *_) = (
+        parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
+        for name in ("tiny_lora_offline.yaml", "tiny_offline.yaml")
+    )
+    model = build_model(offline_args.model_type, tokenizer, offline_args.config_overrides)
+    layer_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    assert set(lora_args.lora_target_modules) <= layer_names

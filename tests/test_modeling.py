@@ -47,6 +47,16 @@ def test_without_the_fix_the_initial_loss_is_far_off(tokenizer):
     assert loss > 5 * math.log(len(tokenizer))
 
 
+def test_overrides_reach_the_settings_a_config_derives(tokenizer):
+    """On a built T5 config, feed_forward_proj=relu alone would leave a gated GELU feed-forward."""
+    relu = build_model("mt5", tokenizer, SMALL + ",feed_forward_proj=relu")
+    assert (relu.config.is_gated_act, relu.config.dense_act_fn) == (False, "relu")
+    assert hasattr(relu.encoder.block[0].layer[1].DenseReluDense, "wi")
+    gated = build_model("mt5", tokenizer, SMALL)  # mT5's own: gated GELU
+    assert (gated.config.is_gated_act, gated.config.dense_act_fn) == (True, "gelu_new")
+    assert (gated.config.d_model, gated.config.vocab_size) == (256, len(tokenizer)), "overrides and settings kept"
+
+
 def test_bad_config_overrides_are_reported(tokenizer):
     with pytest.raises(TitlegenError, match="config_overrides='d_model=big'"):
         build_model("mt5", tokenizer, "d_model=big")

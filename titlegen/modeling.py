@@ -107,16 +107,23 @@ def build_model(model_type: str, tokenizer, config_overrides: str | None = None)
 
 
 def new_model_config(model_type: str, config_overrides: str | None = None, **settings):
-    """The config of a model built from scratch: `settings`, then the ``key=value`` `config_overrides`."""
+    """The config of a model built from scratch: `settings`, then the ``key=value`` `config_overrides`.
+
+    The overrides are typed as the config's own values (``update_from_string``), then the config is built
+    again with them, so that the settings its constructor derives follow: ``feed_forward_proj=relu`` set
+    on a built T5 config would leave it gated, with GELU (``is_gated_act``, ``dense_act_fn``).
+    """
     from transformers import AutoConfig
 
     config = AutoConfig.for_model(model_type, **settings)
-    if config_overrides:
-        try:
-            config.update_from_string(config_overrides)
-        except ValueError as err:
-            raise TitlegenError(f"config_overrides={config_overrides!r}: {err}") from err
-    return config
+    if not config_overrides:
+        return config
+    try:
+        config.update_from_string(config_overrides)
+    except ValueError as err:
+        raise TitlegenError(f"config_overrides={config_overrides!r}: {err}") from err
+    overridden = {pair.split("=", 1)[0] for pair in config_overrides.split(",")}
+    return AutoConfig.for_model(model_type, **settings, **{key: getattr(config, key) for key in overridden})
 
 
 def load_config(name_or_path: str, cache_dir: str | None = None):
