@@ -55,6 +55,9 @@ def test_overrides_reach_the_settings_a_config_derives(tokenizer):
     gated = build_model("mt5", tokenizer, SMALL)  # mT5's own: gated GELU
     assert (gated.config.is_gated_act, gated.config.dense_act_fn) == (True, "gelu_new")
     assert (gated.config.d_model, gated.config.vocab_size) == (256, len(tokenizer)), "overrides and settings kept"
+    wider = build_model("mt5", tokenizer, "vocab_size=4000,d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    assert wider.config.vocab_size == 4000, "an override wins over a setting"
+    assert wider.config.num_decoder_layers == 1, "as MT5Config(num_layers=1) gives"
 
 
 def test_bad_config_overrides_are_reported(tokenizer):

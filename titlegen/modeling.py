@@ -123,7 +123,7 @@ def new_model_config(model_type: str, config_overrides: str | None = None, **set
     except ValueError as err:
         raise TitlegenError(f"config_overrides={config_overrides!r}: {err}") from err
     overridden = {pair.split("=", 1)[0] for pair in config_overrides.split(",")}
-    return AutoConfig.for_model(model_type, **settings, **{key: getattr(config, key) for key in overridden})
+    return AutoConfig.for_model(model_type, **{**settings, **{key: getattr(config, key) for key in overridden}})
 
 
 def load_config(name_or_path: str, cache_dir: str | None = None):
