@@ -18,8 +18,8 @@ def configure_cpu(flush_denormal: bool = True) -> None:
     """Flushes denormal floats to zero on CPU.
 
     Arithmetic on denormal values runs many times slower on CPUs, and mT5 training can produce them.
-    On the models measured in bench/ (a fresh mT5-small shape, the trained offline model) it changed
-    nothing; it costs nothing either.
+    On the models measured in bench/ (a fresh mT5-small shape, the trained offline model) it made no
+    difference.
     """
     import torch
 
