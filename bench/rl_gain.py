@@ -7,7 +7,8 @@
 2. titlegen-rl --config trainer_args/rl_scst.yaml for a fixed budget of steps (each: B articles, K
    samples per article), keeping the checkpoint with the best ROUGE-L on the first max_eval_samples
    validation articles.
-3. Both models title every article of the LCSTS validation and test files with greedy decoding; the
+3. Both models title every article of the LCSTS validation and test files, decoded as the RL run
+   validated (the starting model's num_beams unless --generation_num_beams says otherwise); the
    table gives tw_rouge F1 x100 (char segmenter), mean title length (char-segmenter tokens: characters,
    with runs of Latin letters or digits counted as one) and repetition rate (share of a title's bigrams
    that repeat an earlier one), so that a reward hack (long, looping titles) shows. The test file plays
@@ -44,8 +45,10 @@ def supervised_model(model: str | None) -> Path:
     return sft
 
 
-def evaluate(model_dir: Path, max_source_length: int, max_new_tokens: int) -> dict[str, tuple[dict, list[str]]]:
-    """Greedy titles for every article of each split, scored with the char segmenter."""
+def evaluate(
+    model_dir: Path, max_source_length: int, max_new_tokens: int, num_beams: int
+) -> dict[str, tuple[dict, list[str]]]:
+    """Titles for every article of each split, scored with the char segmenter."""
     from titlegen.data import read_jsonl
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import load_model, load_tokenizer
@@ -57,7 +60,7 @@ def evaluate(model_dir: Path, max_source_length: int, max_new_tokens: int) -> di
         records = read_jsonl(path, fields=("id", "maintext", "title"))
         results[split] = evaluate_titles(
             model, tokenizer, [r["maintext"] for r in records], [r["title"] for r in records], get_segmenter("char"),
-            max_new_tokens=max_new_tokens, batch_size=64, max_source_length=max_source_length, progress=False,
+            max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=64, max_source_length=max_source_length, progress=False,
         )  # fmt: skip
     return results
 
@@ -85,8 +88,11 @@ def main() -> None:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     rl_args, data_args = parse_args((RLArguments, DataArguments), ["--config", str(out / "run_config.yaml")])
-    lengths = data_args.max_source_length, data_args.max_target_length
-    before, after = evaluate(start_model, *lengths), evaluate(out, *lengths)
+    from transformers import GenerationConfig
+
+    num_beams = GenerationConfig.from_pretrained(out).num_beams  # the decoding the RL run validated with
+    settings = data_args.max_source_length, data_args.max_target_length, num_beams
+    before, after = evaluate(start_model, *settings), evaluate(out, *settings)
     batch, k = rl_args.per_device_train_batch_size, rl_args.num_return_sequences
 
     evals = [r for r in read_jsonl(out / "rl_log.jsonl", fields=()) if "eval_rouge-l" in r]
@@ -100,7 +106,8 @@ def main() -> None:
         + ", ".join(f"{r['step']}: {r['eval_rouge-l']:.2f}" for r in evals)
         + f" (kept: step {best_step})"
     )
-    print("greedy decoding, tw_rouge F1 x100 with the char segmenter\n")
+    decoding = "greedy decoding" if num_beams == 1 else f"beam search ({num_beams} beams)"
+    print(f"{decoding}, tw_rouge F1 x100 with the char segmenter\n")
     rows = []
     for split in SPLITS:
         for name, m in (("supervised", before[split][0]), ("+ RL", after[split][0])):

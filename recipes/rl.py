@@ -5,7 +5,7 @@
 Each step samples K titles for each article of a batch, rewards each with tw_rouge F1 against the
 reference title, subtracts a baseline (the greedy title's reward, or the mean of the other samples)
 and takes PPO steps with a KL penalty to the starting model (see titlegen/rl.py). Every eval_steps it
-scores the validation file (greedy or beam decoding), keeps the best weights and saves a resumable
+scores the validation file (decoded as the starting model is), keeps the best weights and saves a resumable
 checkpoint. output_dir gets the best model and tokenizer (titlegen-predict loads them),
 run_config.yaml, rl_log.jsonl (one line per step and per evaluation), eval_results.json and
 rl_curves.png.
@@ -106,8 +106,11 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     # The policy, and the frozen reference of the KL penalty (with LoRA: the policy without adapters).
     tokenizer = load_tokenizer(args.model_name_or_path)
     policy = load_model(args.model_name_or_path)
-    # Exactly max_new_tokens per title, in sampling, evaluation and the saved model's defaults.
-    policy.generation_config = title_generation_config(policy, data_args.max_target_length)
+    # Exactly max_new_tokens per title, in sampling, evaluation and the saved model's defaults. Validation and
+    # the saved model decode as the starting model does unless the config says otherwise: a model trained to be
+    # decoded with beams is selected, and later used, with beams.
+    num_beams = args.generation_num_beams or policy.generation_config.num_beams
+    policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams)
     reference = None
     if args.use_lora:
         policy = add_lora(policy, args.lora_r, args.lora_alpha, dropout=0.0)  # no dropout in RL (titlegen/rl.py)
@@ -146,7 +149,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         """Validation ROUGE with the configured decoding; the best weights so far are kept."""
         metrics, _ = evaluate_titles(
             policy, tokenizer, [r[text] for r in eval_records], [r[summary] for r in eval_records], segmenter,
-            max_new_tokens=data_args.max_target_length, num_beams=args.generation_num_beams,
+            max_new_tokens=data_args.max_target_length, num_beams=num_beams,
             batch_size=args.per_device_eval_batch_size, max_source_length=data_args.max_source_length,
             source_prefix=data_args.source_prefix, bf16=args.bf16, progress=not args.disable_tqdm,
         )  # fmt: skip

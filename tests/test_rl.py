@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -307,6 +308,20 @@ def test_recipe_writes_a_model_logs_and_curves(trained_dir, tmp_path):
     assert results["start"]["step"] == 0 and results["best"]["eval_rouge-l"] >= results["start"]["eval_rouge-l"]
     assert AutoModelForSeq2SeqLM.from_pretrained(out).generation_config.max_new_tokens == 16
     assert "titlegen-rl --config" in (out / "run_config.yaml").read_text()
+
+
+def test_validation_and_the_saved_model_decode_as_the_starting_model(trained_dir, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig
+
+    start = tmp_path / "beam_model"
+    shutil.copytree(trained_dir, start)
+    config = GenerationConfig.from_pretrained(start)
+    config.num_beams = 3
+    config.save_pretrained(start)
+    rl(rl_args(start, tmp_path / "rl", "--max_steps", "1"))
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "rl").generation_config.num_beams == 3
+    rl(rl_args(start, tmp_path / "greedy", "--max_steps", "1", "--generation_num_beams", "1"))
+    assert AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "greedy").generation_config.num_beams == 1
 
 
 def test_recipe_with_lora_saves_a_merged_model(trained_dir, tmp_path):

@@ -102,7 +102,10 @@ class RLArguments:
         default=50, metadata={"help": "Validation ROUGE every N steps; a resumable checkpoint is saved with it."}
     )
     per_device_eval_batch_size: int = field(default=32, metadata={"help": "Articles per generate call in evaluation."})
-    generation_num_beams: int = field(default=1, metadata={"help": "Beam width of evaluation decoding (1: greedy)."})
+    generation_num_beams: int | None = field(
+        default=None,
+        metadata={"help": "Beam width of validation decoding and of the saved model (default: the starting model's)."},
+    )
     seed: int = field(default=42, metadata={"help": "Seed of batch order, sampling and LoRA initialisation."})
     bf16: bool = field(default=False, metadata={"help": "Run under bfloat16 autocast."})
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
