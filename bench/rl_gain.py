@@ -60,7 +60,8 @@ def evaluate(
         records = read_jsonl(path, fields=("id", "maintext", "title"))
         results[split] = evaluate_titles(
             model, tokenizer, [r["maintext"] for r in records], [r["title"] for r in records], get_segmenter("char"),
-            max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=64, max_source_length=max_source_length, progress=False,
+            max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=64, max_source_length=max_source_length,
+            progress=False,
         )  # fmt: skip
     return results
 
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "trainer_args" / "rl_scst.yaml"))
     parser.add_argument("--output_dir", default=str(RESULTS / "rl"), help="the RL run's folder (replaced)")
     args, rl_flags = parser.parse_known_args()
+
+    from transformers import GenerationConfig
 
     from recipes.rl import rl
     from titlegen.config import DataArguments, parse_args
@@ -88,8 +91,6 @@ def main() -> None:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     rl_args, data_args = parse_args((RLArguments, DataArguments), ["--config", str(out / "run_config.yaml")])
-    from transformers import GenerationConfig
-
     num_beams = GenerationConfig.from_pretrained(out).num_beams  # the decoding the RL run validated with
     settings = data_args.max_source_length, data_args.max_target_length, num_beams
     before, after = evaluate(start_model, *settings), evaluate(out, *settings)
