@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     from recipes.train import train
     from titlegen.callbacks import TrainingTimeBudget
     from titlegen.data import atomic_write_text, read_jsonl
-    from titlegen.generation import generate_titles
+    from titlegen.generation import article_tokens_only, generate_titles
     from titlegen.modeling import load_model, load_tokenizer, trained_settings
 
     output_dir = Path(args.output_dir)
@@ -129,6 +129,7 @@ def main(argv=None) -> None:
     scores = {segmenter: score(predictions, references, segmenter) for segmenter in ("char", "jieba")}
 
     best = max(budget.evaluations, key=lambda e: e["eval_rouge-l"])
+    restricted = ", article tokens only" if article_tokens_only(model.generation_config) else ""
     rows = [
         [name, segmenter, *scores[segmenter][name].values()] for segmenter in scores for name in predictions
     ]  # fmt: skip
@@ -138,7 +139,7 @@ def main(argv=None) -> None:
         f"{' ' + ' '.join(recipe_args) if recipe_args else ''}, trained {budget.train_minutes:.1f} minutes "
         f"(budget {args.minutes:g}), best validation ROUGE-L {best['eval_rouge-l']:.2f} at step {best['step']} "
         f"({best['train_minutes']:.1f} min). Titles decoded with the model's saved generation config: "
-        f"{model.generation_config.num_beams} beam(s).\n\n{table}\n"
+        f"{model.generation_config.num_beams} beam(s){restricted}.\n\n{table}\n"
     )
     print("\n" + summary)
     atomic_write_text(output_dir / "quality.md", summary)

@@ -8,11 +8,11 @@
    samples per article), keeping the checkpoint with the best ROUGE-L on the first max_eval_samples
    validation articles.
 3. Both models title every article of the LCSTS validation and test files, decoded as the RL run
-   validated (the starting model's num_beams unless --generation_num_beams says otherwise); the
-   table gives tw_rouge F1 x100 (char segmenter), mean title length (char-segmenter tokens: characters,
-   with runs of Latin letters or digits counted as one) and repetition rate (share of a title's bigrams
-   that repeat an earlier one), so that a reward hack (long, looping titles) shows. The test file plays
-   no part in training or checkpoint selection.
+   validated (num_beams and article_tokens_only: the starting model's unless --generation_* flags say
+   otherwise); the table gives tw_rouge F1 x100 (char segmenter), mean title length (char-segmenter
+   tokens: characters, with runs of Latin letters or digits counted as one) and repetition rate (share
+   of a title's bigrams that repeat an earlier one), so that a reward hack (long, looping titles) shows.
+   The test file plays no part in training or checkpoint selection.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def supervised_model(model: str | None) -> Path:
 
 
 def evaluate(
-    model_dir: Path, max_source_length: int, max_new_tokens: int, num_beams: int
+    model_dir: Path, max_source_length: int, max_new_tokens: int, num_beams: int, article_tokens_only: bool
 ) -> dict[str, tuple[dict, list[str]]]:
     """Titles for every article of each split, scored with the char segmenter."""
     from titlegen.data import read_jsonl
@@ -60,8 +60,8 @@ def evaluate(
         records = read_jsonl(path, fields=("id", "maintext", "title"))
         results[split] = evaluate_titles(
             model, tokenizer, [r["maintext"] for r in records], [r["title"] for r in records], get_segmenter("char"),
-            max_new_tokens=max_new_tokens, num_beams=num_beams, batch_size=64, max_source_length=max_source_length,
-            progress=False,
+            max_new_tokens=max_new_tokens, num_beams=num_beams, article_tokens_only=article_tokens_only, batch_size=64,
+            max_source_length=max_source_length, progress=False,
         )  # fmt: skip
     return results
 
@@ -79,6 +79,7 @@ def main() -> None:
     from recipes.rl import rl
     from titlegen.config import DataArguments, parse_args
     from titlegen.data import read_jsonl
+    from titlegen.generation import article_tokens_only
     from titlegen.rl import RLArguments
 
     start_model = supervised_model(args.model)
@@ -91,8 +92,9 @@ def main() -> None:
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
     rl_args, data_args = parse_args((RLArguments, DataArguments), ["--config", str(out / "run_config.yaml")])
-    num_beams = GenerationConfig.from_pretrained(out).num_beams  # the decoding the RL run validated with
-    settings = data_args.max_source_length, data_args.max_target_length, num_beams
+    decoded = GenerationConfig.from_pretrained(out)  # the decoding the RL run validated with
+    num_beams, restrict = decoded.num_beams, article_tokens_only(decoded)
+    settings = data_args.max_source_length, data_args.max_target_length, num_beams, restrict
     before, after = evaluate(start_model, *settings), evaluate(out, *settings)
     batch, k = rl_args.per_device_train_batch_size, rl_args.num_return_sequences
 
@@ -108,6 +110,7 @@ def main() -> None:
         + f" (kept: step {best_step})"
     )
     decoding = "greedy decoding" if num_beams == 1 else f"beam search ({num_beams} beams)"
+    decoding += ", titles of article tokens only" if restrict else ""
     print(f"{decoding}, tw_rouge F1 x100 with the char segmenter\n")
     rows = []
     for split in SPLITS:

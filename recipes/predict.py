@@ -48,11 +48,14 @@ class PredictArguments:
     no_repeat_ngram_size: int | None = field(default=None, metadata={"help": "Forbid repeating n-grams."})
     repetition_penalty: float | None = field(default=None, metadata={"help": "Penalty on repeated tokens."})
     length_penalty: float | None = field(default=None, metadata={"help": "Beam score length exponent."})
+    article_tokens_only: bool | None = field(
+        default=None, metadata={"help": "Titles use only tokens of their own article (and end-of-title)."}
+    )
 
 
 GENERATE_FLAGS = (
     "num_beams", "max_new_tokens", "do_sample", "top_k", "top_p", "temperature",
-    "no_repeat_ngram_size", "repetition_penalty", "length_penalty",
+    "no_repeat_ngram_size", "repetition_penalty", "length_penalty", "article_tokens_only",
 )  # fmt: skip
 
 

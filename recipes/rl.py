@@ -52,7 +52,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen import TitlegenError, __version__
     from titlegen.config import resolved_config, save_config
     from titlegen.data import normalize_text, read_jsonl, split_records, write_json, write_jsonl
-    from titlegen.generation import title_generation_config
+    from titlegen.generation import article_tokens_only, title_generation_config
     from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import configure_cpu, count_parameters, load_model, load_tokenizer
@@ -110,7 +110,10 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     # the saved model decode as the starting model does unless the config says otherwise: a model trained to be
     # decoded with beams is selected, and later used, with beams.
     num_beams = args.generation_num_beams or policy.generation_config.num_beams
-    policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams)
+    restrict = args.generation_article_tokens_only
+    if restrict is None:
+        restrict = article_tokens_only(policy.generation_config)
+    policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams, restrict)
     reference = None
     if args.use_lora:
         policy = add_lora(policy, args.lora_r, args.lora_alpha, dropout=0.0)  # no dropout in RL (titlegen/rl.py)
@@ -149,7 +152,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         """Validation ROUGE with the configured decoding; the best weights so far are kept."""
         metrics, _ = evaluate_titles(
             policy, tokenizer, [r[text] for r in eval_records], [r[summary] for r in eval_records], segmenter,
-            max_new_tokens=data_args.max_target_length, num_beams=num_beams,
+            max_new_tokens=data_args.max_target_length, num_beams=num_beams, article_tokens_only=restrict,
             batch_size=args.per_device_eval_batch_size, max_source_length=data_args.max_source_length,
             source_prefix=data_args.source_prefix, bf16=args.bf16, progress=not args.disable_tqdm,
         )  # fmt: skip

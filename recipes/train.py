@@ -126,7 +126,10 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     generation_config = title_generation_config(
-        model, data_args.max_target_length, training_args.generation_num_beams or 1
+        model,
+        data_args.max_target_length,
+        training_args.generation_num_beams or 1,
+        article_tokens_only=run_args.generation_article_tokens_only,
     )
     model.generation_config = generation_config
 

@@ -40,7 +40,8 @@ def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
         "--max_target_length", "16",
         "--learning_rate", "1e-2",
         "--lead_pairs", "0",  # the tests count steps of the 12 fixture pairs
-        "--generation_num_beams", "1",  # greedy: the tests compare titles with greedy generation
+        "--generation_num_beams", "1",  # plain greedy: the tests compare titles with greedy generation
+        "--generation_article_tokens_only", "false",
         "--report_to", "none",
         "--disable_tqdm", "true",
         "--logging_steps", "1",

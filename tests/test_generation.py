@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from titlegen.generation import ArticleSeededSampling, generate_titles, length_sorted_batches
+from titlegen.generation import ArticleSeededSampling, ArticleTokensOnly, generate_titles, length_sorted_batches
 from titlegen.modeling import build_model
 from titlegen.strategies import decoding_arguments
 
@@ -89,3 +89,43 @@ def test_gumbel_noise_samples_from_the_softmax():
     tolerance = 4 * torch.sqrt(expected * (1 - expected) / draws) + 1e-9
     assert torch.all((frequencies - expected).abs() <= tolerance), (frequencies, expected)
     assert math.isclose(frequencies.sum().item(), 1.0, abs_tol=1e-6)
+
+
+def foreign_characters(titles: list[str], articles: list[str]) -> list[str]:
+    """The characters of each title that its article lacks (spaces aside: SentencePiece writes them)."""
+    return ["".join(sorted(set(t) - set(a) - {" "})) for t, a in zip(titles, articles, strict=True)]
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [decoding_arguments("greedy"), decoding_arguments("beam"), {**decoding_arguments("top_k"), "seed": 1}],
+    ids=["greedy", "beam", "sampling"],
+)
+def test_article_tokens_only_keeps_each_title_to_its_own_articles_tokens(model, tokenizer, arguments):
+    free = titles(model, tokenizer, batch_size=3, **arguments)
+    assert any(foreign_characters(free, ARTICLE_TEXTS)), "a random model writes characters of other articles"
+    kept = titles(model, tokenizer, batch_size=3, **{**arguments, "article_tokens_only": True})
+    assert not any(foreign_characters(kept, ARTICLE_TEXTS)), kept
+    assert all(kept), "end-of-title is allowed, so a title may end, but the random model writes something"
+
+
+def test_article_tokens_only_follows_the_generation_config(model, tokenizer):
+    restricted = titles(model, tokenizer, num_beams=2, article_tokens_only=True)
+    model.generation_config.article_tokens_only = True
+    try:
+        assert titles(model, tokenizer, num_beams=2) == restricted
+        assert titles(model, tokenizer, num_beams=2, article_tokens_only=False) != restricted, "a flag overrides it"
+    finally:
+        del model.generation_config.article_tokens_only
+
+
+def test_article_tokens_only_allows_each_beam_its_articles_tokens_and_end_of_title():
+    """Two articles of a padded batch, two beams each: rows 0-1 belong to the first, rows 2-3 to the second."""
+    input_ids = torch.tensor([[5, 6, 7], [8, 0, 0]])  # 0: padding
+    attention_mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    scores = torch.zeros(4, 10)
+    allowed = ArticleTokensOnly(input_ids, attention_mask, eos_token_id=1)(None, scores).isfinite()
+    assert allowed[0].nonzero().flatten().tolist() == [1, 5, 6, 7] and torch.equal(allowed[0], allowed[1])
+    assert allowed[2].nonzero().flatten().tolist() == [1, 8] and torch.equal(allowed[2], allowed[3])
+    with pytest.raises(ValueError, match="3 rows of scores for 2 articles"):
+        ArticleTokensOnly(input_ids, attention_mask, eos_token_id=1)(None, torch.zeros(3, 10))

@@ -59,6 +59,20 @@ def test_the_saved_model_reloads_and_predicts(trained_dir, tmp_path):
     assert [p["title"] for p in predictions] == direct
 
 
+def test_article_tokens_only_applies_in_evaluation_and_to_the_saved_model(tmp_path):
+    out = tmp_path / "restricted"
+    train(tiny_train_args(out, "--generation_article_tokens_only", "true", "--num_train_epochs", "1"))
+    assert json.loads((out / "generation_config.json").read_text())["article_tokens_only"] is True
+    articles = {r["id"]: r["maintext"] for r in read_lines(ARTICLES)}
+    evaluated = read_lines(out / "eval_predictions.jsonl")
+    assert all(set(p["title"]) - {" "} <= set(articles[p["id"]]) for p in evaluated), evaluated
+    predictions = predict(["--model", str(out), "--input", str(ARTICLES), "--output", str(tmp_path / "pred.jsonl")])
+    assert predictions == evaluated, "predicted as evaluated"
+    unrestricted = predict(["--model", str(out), "--input", str(ARTICLES), "--output", str(tmp_path / "free.jsonl"),
+                            "--article_tokens_only", "false"])  # fmt: skip
+    assert unrestricted != predictions
+
+
 def test_length_sorted_batches_keep_input_order(trained_dir):
     model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)

@@ -44,6 +44,9 @@ def test_command_line_arguments_override_a_preset():
     arguments = decoding_arguments("beam", num_beams=8, no_repeat_ngram_size=3, top_p=None)
     assert (arguments["num_beams"], arguments["no_repeat_ngram_size"], arguments["top_p"]) == (8, 3, 1.0)
     assert decoding_arguments(None, num_beams=2) == {"num_beams": 2}, "without a preset, only what was given"
+    # titlegen's own setting goes beside transformers' arguments, off in every preset unless asked for.
+    assert decoding_arguments("beam")["article_tokens_only"] is False
+    assert decoding_arguments("beam", article_tokens_only=True)["article_tokens_only"] is True
 
 
 def test_bad_strategies_and_arguments_are_reported():

@@ -139,6 +139,13 @@ class RunArguments:
         default="char",
         metadata={"help": "Word segmenter for the ROUGE computed during training: char, jieba, ckip or auto."},
     )
+    generation_article_tokens_only: bool = field(
+        default=False,
+        metadata={
+            "help": "Titles use only tokens of their own article (and end-of-title), in evaluation and as the "
+            "saved model's default: fewer miscopied characters for a small model trained from scratch."
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None,
         metadata={"help": "Stop after this many evaluations without improvement of the best metric."},

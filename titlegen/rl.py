@@ -106,6 +106,13 @@ class RLArguments:
         default=None,
         metadata={"help": "Beam width of validation decoding and of the saved model (default: the starting model's)."},
     )
+    generation_article_tokens_only: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Validation and the saved model's titles use only tokens of their article (default: as the "
+            "starting model's generation config says)."
+        },
+    )
     seed: int = field(default=42, metadata={"help": "Seed of batch order, sampling and LoRA initialisation."})
     bf16: bool = field(default=False, metadata={"help": "Run under bfloat16 autocast."})
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
@@ -525,6 +532,7 @@ def evaluate_titles(
     *,
     max_new_tokens: int,
     num_beams: int = 1,
+    article_tokens_only: bool = False,
     **generate_titles_kwargs,
 ) -> tuple[dict[str, float], list[str]]:
     """Generates a title per article and scores them against the references.
@@ -537,6 +545,7 @@ def evaluate_titles(
         segmenter: The segmenter of tw_rouge.
         max_new_tokens: Longest title, in tokens.
         num_beams: 1 for greedy decoding.
+        article_tokens_only: Titles use only tokens of their article (`titlegen.generation.ArticleTokensOnly`).
         **generate_titles_kwargs: Passed to `titlegen.generation.generate_titles` (``batch_size``,
             ``max_source_length``, ``source_prefix``, ``bf16``, ``progress``).
 
@@ -547,7 +556,7 @@ def evaluate_titles(
     from titlegen.generation import generate_titles, title_generation_config
     from titlegen.metrics import f100, tw_rouge
 
-    config = title_generation_config(model, max_new_tokens, num_beams)
+    config = title_generation_config(model, max_new_tokens, num_beams, article_tokens_only)
     titles = generate_titles(model, tokenizer, articles, generation_config=config, **generate_titles_kwargs)
     metrics = {**f100(tw_rouge(titles, references, segmenter)), **title_statistics(titles, segmenter)}
     return metrics, titles

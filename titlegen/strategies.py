@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from titlegen import TitlegenError
-from titlegen.generation import DEFAULT_TOP_K
+from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K
 
 # transformers' defaults for the arguments the presets use: one beam, no sampling, no penalties.
 # Sampling keeps only the DEFAULT_TOP_K likeliest tokens unless told otherwise, so the sampling presets set top_k.
@@ -29,6 +29,7 @@ NEUTRAL: dict[str, Any] = {
     "no_repeat_ngram_size": 0,
     "repetition_penalty": 1.0,
     "length_penalty": 1.0,
+    ARTICLE_TOKENS_ONLY: False,
 }
 
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -53,6 +54,7 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
     {"strategy": "beam", "num_beams": 8},
     {"strategy": "beam_no_repeat", "num_beams": 4, "no_repeat_ngram_size": 2},
     {"strategy": "beam_no_repeat", "num_beams": 4, "no_repeat_ngram_size": 3},
+    {"strategy": "beam", "num_beams": 4, ARTICLE_TOKENS_ONLY: True},
     {"strategy": "top_k", "top_k": 10},
     {"strategy": "top_k", "top_k": 50},
     {"strategy": "top_p", "top_p": 0.5},
@@ -69,7 +71,7 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
         strategy: A name from `STRATEGIES`, or None to set only `overrides` (the model's own
             generation config then decides the rest).
         source: Where the settings come from, for error messages.
-        **overrides: Any ``GenerationConfig`` argument; None values are ignored.
+        **overrides: Any ``GenerationConfig`` argument, or ``article_tokens_only``; None values are ignored.
 
     Raises:
         TitlegenError: for an unknown strategy or argument, or a contradictory combination such as
@@ -83,10 +85,11 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
     arguments.update({name: value for name, value in overrides.items() if value is not None})
     known = GenerationConfig().to_dict()
     for name in arguments:
-        if name not in known:
+        if name not in known and name != ARTICLE_TOKENS_ONLY:
             raise TitlegenError(f"{source}: '{name}' is not an argument of transformers' GenerationConfig")
+    transformers_arguments = {k: v for k, v in arguments.items() if k != ARTICLE_TOKENS_ONLY}
     try:
-        GenerationConfig(**arguments).validate(strict=True)
+        GenerationConfig(**transformers_arguments).validate(strict=True)
     except ValueError as err:
         # transformers lists the problems on separate lines after a heading; the first one is enough.
         problems = [line.lstrip("- ") for line in str(err).splitlines() if line.startswith("- ")]

@@ -1,25 +1,35 @@
-"""transformers' Seq2SeqTrainer, without its side effect on the model's generation config."""
+"""transformers' Seq2SeqTrainer, without its side effect on the model's generation config, and decoding in
+evaluation as `titlegen.generation.generate_titles` does."""
 
 from __future__ import annotations
 
 import copy
 
-from transformers import Seq2SeqTrainer
+from transformers import LogitsProcessorList, Seq2SeqTrainer
+
+from titlegen.generation import ArticleTokensOnly, article_tokens_only
 
 
 class TitleTrainer(Seq2SeqTrainer):
-    """A ``Seq2SeqTrainer`` that leaves the model's generation config as it was given.
+    """A ``Seq2SeqTrainer`` that leaves the model's generation config as it was given, and keeps each title
+    to its article's tokens when the config says ``article_tokens_only`` (as ``generate_titles`` does).
 
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
     ``max_new_tokens``: every later ``generate`` warns, and checkpoints are saved with that config.
     """
 
-    def prediction_step(self, *args, **kwargs):
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
+        if article_tokens_only(generation_config) and self.args.predict_with_generate and not prediction_loss_only:
+            # Seq2SeqTrainer uses its own generate arguments only when given none.
+            gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
+            eos_token_id = self.model.config.eos_token_id  # `model` may be wrapped for distributed training
+            restrict = ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], eos_token_id)
+            gen_kwargs["logits_processor"] = LogitsProcessorList([restrict])
         try:
-            return super().prediction_step(*args, **kwargs)
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
             # In place: under LoRA, self.model is a PeftModel that reads the base model's config.
             vars(generation_config).update(vars(chosen))
