@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     from recipes.train import train
     from titlegen.callbacks import TrainingTimeBudget
     from titlegen.data import atomic_write_text, read_jsonl
-    from titlegen.generation import article_tokens_only, generate_titles
+    from titlegen.generation import generate_titles, is_article_tokens_only
     from titlegen.modeling import load_model, load_tokenizer, trained_settings
 
     output_dir = Path(args.output_dir)
@@ -129,7 +129,7 @@ def main(argv=None) -> None:
     scores = {segmenter: score(predictions, references, segmenter) for segmenter in ("char", "jieba")}
 
     best = max(budget.evaluations, key=lambda e: e["eval_rouge-l"])
-    restricted = ", article tokens only" if article_tokens_only(model.generation_config) else ""
+    restricted = ", article tokens only" if is_article_tokens_only(model.generation_config) else ""
     rows = [
         [name, segmenter, *scores[segmenter][name].values()] for segmenter in scores for name in predictions
     ]  # fmt: skip

@@ -79,7 +79,7 @@ def main() -> None:
     from recipes.rl import rl
     from titlegen.config import DataArguments, parse_args
     from titlegen.data import read_jsonl
-    from titlegen.generation import article_tokens_only
+    from titlegen.generation import is_article_tokens_only
     from titlegen.rl import RLArguments
 
     start_model = supervised_model(args.model)
@@ -93,7 +93,7 @@ def main() -> None:
 
     rl_args, data_args = parse_args((RLArguments, DataArguments), ["--config", str(out / "run_config.yaml")])
     decoded = GenerationConfig.from_pretrained(out)  # the decoding the RL run validated with
-    num_beams, restrict = decoded.num_beams, article_tokens_only(decoded)
+    num_beams, restrict = decoded.num_beams, is_article_tokens_only(decoded)
     settings = data_args.max_source_length, data_args.max_target_length, num_beams, restrict
     before, after = evaluate(start_model, *settings), evaluate(out, *settings)
     batch, k = rl_args.per_device_train_batch_size, rl_args.num_return_sequences

@@ -52,7 +52,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen import TitlegenError, __version__
     from titlegen.config import resolved_config, save_config
     from titlegen.data import normalize_text, read_jsonl, split_records, write_json, write_jsonl
-    from titlegen.generation import article_tokens_only, title_generation_config
+    from titlegen.generation import is_article_tokens_only, title_generation_config
     from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import configure_cpu, count_parameters, load_model, load_tokenizer
@@ -112,7 +112,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     num_beams = args.generation_num_beams or policy.generation_config.num_beams
     restrict = args.generation_article_tokens_only
     if restrict is None:
-        restrict = article_tokens_only(policy.generation_config)
+        restrict = is_article_tokens_only(policy.generation_config)
     policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams, restrict)
     reference = None
     if args.use_lora:

@@ -14,7 +14,7 @@ from recipes.rl import main as rl_main
 from recipes.rl import rl
 from titlegen import TitlegenError
 from titlegen.config import DataArguments, parse_args
-from titlegen.generation import article_tokens_only
+from titlegen.generation import is_article_tokens_only
 from titlegen.lora import add_lora
 from titlegen.metrics import CharSegmenter, JiebaSegmenter, tw_rouge
 from titlegen.modeling import build_model
@@ -321,11 +321,11 @@ def test_validation_and_the_saved_model_decode_as_the_starting_model(trained_dir
     config.save_pretrained(start)
     rl(rl_args(start, tmp_path / "rl", "--max_steps", "1"))
     saved = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "rl").generation_config
-    assert saved.num_beams == 3 and article_tokens_only(saved)
+    assert saved.num_beams == 3 and is_article_tokens_only(saved)
     rl(rl_args(start, tmp_path / "greedy", "--max_steps", "1", "--generation_num_beams", "1",
                "--generation_article_tokens_only", "false"))  # fmt: skip
     saved = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "greedy").generation_config
-    assert saved.num_beams == 1 and not article_tokens_only(saved)
+    assert saved.num_beams == 1 and not is_article_tokens_only(saved)
 
 
 def test_recipe_with_lora_saves_a_merged_model(trained_dir, tmp_path):

@@ -59,7 +59,7 @@ def title_generation_config(model, max_new_tokens: int, num_beams: int = 1, arti
     return generation_config
 
 
-def article_tokens_only(config) -> bool:
+def is_article_tokens_only(config) -> bool:
     """Whether a generation config restricts titles to their article's tokens."""
     return bool(getattr(config, ARTICLE_TOKENS_ONLY, False))
 
@@ -125,7 +125,7 @@ def generate_titles(
     else:
         no_grad, autocast = torch.inference_mode(), contextlib.nullcontext()
     config = copy.deepcopy(generate_kwargs.get("generation_config") or model.generation_config)
-    restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, article_tokens_only(config))
+    restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, is_article_tokens_only(config))
     config.update(**generate_kwargs)
     done = done or {}
     titles: list[str | None] = [done.get(i) for i in range(len(texts))]

@@ -7,7 +7,7 @@ import copy
 
 from transformers import LogitsProcessorList, Seq2SeqTrainer
 
-from titlegen.generation import ArticleTokensOnly, article_tokens_only
+from titlegen.generation import ArticleTokensOnly, is_article_tokens_only
 
 
 class TitleTrainer(Seq2SeqTrainer):
@@ -22,7 +22,7 @@ class TitleTrainer(Seq2SeqTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
-        if article_tokens_only(generation_config) and self.args.predict_with_generate and not prediction_loss_only:
+        if is_article_tokens_only(generation_config) and self.args.predict_with_generate and not prediction_loss_only:
             # Seq2SeqTrainer uses its own generate arguments only when given none.
             gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
             eos_token_id = self.model.config.eos_token_id  # `model` may be wrapped for distributed training
