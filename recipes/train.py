@@ -21,8 +21,12 @@ logger = logging.getLogger("titlegen.train")
 
 def main(argv: Sequence[str] | None = None) -> int:
     from titlegen.cli import run
+    from titlegen.distributed import shut_down
 
-    return run(train, argv)
+    try:
+        return run(train, argv)
+    finally:
+        shut_down()
 
 
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:

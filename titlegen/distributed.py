@@ -40,3 +40,15 @@ def any_process(flag, device) -> bool:
     value = torch.as_tensor(flag, device=device).to(torch.int32).reshape(1)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def shut_down() -> None:
+    """Destroys the process group a launcher set up, if any.
+
+    Left to interpreter exit, the group's communication threads can be torn down in the wrong order, and a
+    process that finished its work aborts ("terminate called without an active exception", seen with gloo).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
