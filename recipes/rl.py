@@ -110,6 +110,8 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     # the saved model decode as the starting model does unless the config says otherwise: a model trained to be
     # decoded with beams is selected, and later used, with beams.
     num_beams = args.generation_num_beams or policy.generation_config.num_beams
+    # The restriction to the article's tokens applies there too; the titles sampled for training are not restricted,
+    # so that their log-probabilities are the policy's own.
     restrict = args.generation_article_tokens_only
     if restrict is None:
         restrict = is_article_tokens_only(policy.generation_config)

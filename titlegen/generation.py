@@ -204,9 +204,8 @@ class ArticleTokensOnly:
     """
 
     def __init__(self, input_ids, attention_mask, eos_token_id):
-        eos_token_ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
-        self.eos_token_ids = eos_token_ids
-        self.input_ids = input_ids.masked_fill(attention_mask == 0, eos_token_ids[0])  # padding adds nothing
+        self.eos_token_ids = eos_token_id if isinstance(eos_token_id, list) else [eos_token_id]
+        self.input_ids = input_ids.masked_fill(attention_mask == 0, self.eos_token_ids[0])  # padding adds nothing
         self.allowed = None  # (rows of scores, vocabulary) booleans, made at the first step
 
     def __call__(self, input_ids, scores):
