@@ -1,26 +1,34 @@
 """Training speed on real data: titlegen's recipe against the plain transformers summarization recipe.
 
-    python -m bench.train_speed [--steps 6] [--warmup 2] [--batch_size 16] [--repeats 2] [--bf16 false] [--profile]
+    python -m bench.train_speed [--steps 25] [--batch_size 16] [--repeats 2] [--bf16 false] [--profile]
 
 Both sides train the same model (mT5-small's shape: MT5Config's defaults, built by
 ``titlegen.modeling.build_model`` with the same seed) on the same LCSTS training pairs, tokenized by the same
 32k-vocabulary tokenizer (trained here on LCSTS train), with the same batch size, sequence limits and number of
-optimizer steps:
+optimizer steps: two epochs over `steps` x `batch_size` pairs drawn at random from LCSTS train, the first a
+warm-up, the second timed.
 
 * titlegen: ``recipes/train.py`` with its defaults for a CPU: flush-to-zero, bf16 autocast, length-grouped batches;
 * plain: a copy of ``run_summarization.py``'s training: ``Seq2SeqTrainer``, fp32, dynamic padding, random batches.
 
+Both sides time an epoch over the same pairs, so that they process the same tokens. Timing a few steps of the
+whole file instead would favour the plain recipe: transformers' length-grouped sampler starts an epoch with
+its longest batches (so that running out of memory shows at once), so titlegen's first steps see longer
+articles than random batches do (in 6 steps after 2 of warm-up, 19% more tokens per sample).
+
 Each run is a fresh process (so peak memory is its own); runs alternate (titlegen, plain, titlegen, ...) with a
-matmul probe before each pair, so that both sides see the same load on a shared machine. Step times after the
-warm-up steps are pooled per side and the medians reported. Model FLOPs count the matmuls of the real (unpadded)
-tokens: 6 x parameters x tokens for the linear layers and the output layer, plus attention scores.
+matmul probe before each pair, so that both sides see the same load on a shared machine; the table gives the
+median over runs. Model FLOPs count the matmuls of the real (unpadded) tokens: 6 x parameters x tokens for the
+linear layers and the output layer, plus attention scores.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import functools
 import multiprocessing
+import random
 import resource
 import statistics
 import tempfile
@@ -38,8 +46,9 @@ RECIPES = ("titlegen", "plain")
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per run")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
+    parser.add_argument(
+        "--steps", type=int, default=25, help="optimizer steps per epoch: the run trains on steps x batch_size pairs"
+    )
     parser.add_argument("--batch_size", type=int, default=16, help="global batch, both recipes")
     parser.add_argument("--repeats", type=int, default=2, help="runs per recipe, alternating")
     parser.add_argument("--vocab_size", type=int, default=32000)
@@ -107,12 +116,14 @@ class StepTimer:
         return _StepTimer()
 
 
-def _titlegen_argv(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size: int, bf16: str) -> list[str]:
+def _titlegen_argv(
+    train_file: str, tokenizer_dir: str, output_dir: str, max_steps: int, batch_size: int, bf16: str
+) -> list[str]:
     # No --config: the dataclasses' defaults, i.e. mT5-small's shape, plus the CPU settings titlegen's configs use.
     return [
         "--model_type", "mt5",
         "--tokenizer_name", tokenizer_dir,
-        "--train_file", str(TRAIN_FILE),
+        "--train_file", train_file,
         "--validation_file", str(VALIDATION_FILE),
         "--max_eval_samples", str(batch_size),
         "--max_source_length", str(MAX_SOURCE_LENGTH),
@@ -133,7 +144,9 @@ def _titlegen_argv(tokenizer_dir: str, output_dir: str, max_steps: int, batch_si
     ]  # fmt: skip
 
 
-def _train_plain(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size: int, callback) -> None:
+def _train_plain(
+    train_file: str, tokenizer_dir: str, output_dir: str, max_steps: int, batch_size: int, callback
+) -> None:
     """What a user copies from transformers' examples/pytorch/summarization/run_summarization.py."""
     import torch
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
@@ -148,7 +161,7 @@ def _train_plain(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size
     model = build_model("mt5", tokenizer)  # the same model and weights as titlegen's side
     columns = ("id", "maintext", "title")
     tokenize = make_tokenize_fn(tokenizer, "maintext", "title", MAX_SOURCE_LENGTH, MAX_TARGET_LENGTH)
-    train_dataset = to_features(read_jsonl(TRAIN_FILE, fields=columns), columns, tokenize, desc="tokenizing")
+    train_dataset = to_features(read_jsonl(train_file, fields=columns), columns, tokenize, desc="tokenizing")
     args = Seq2SeqTrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
@@ -172,7 +185,14 @@ def _train_plain(tokenizer_dir: str, output_dir: str, max_steps: int, batch_size
 
 
 def run_recipe(
-    recipe: str, tokenizer_dir: str, max_steps: int, batch_size: int, bf16: str, threads: int, profile_steps=None
+    recipe: str,
+    train_file: str,
+    tokenizer_dir: str,
+    max_steps: int,
+    batch_size: int,
+    bf16: str,
+    threads: int,
+    profile_steps=None,
 ) -> dict:
     """Trains `max_steps` steps with one recipe in this process; returns its step timings and peak memory."""
     import logging
@@ -192,9 +212,11 @@ def run_recipe(
         if recipe == "titlegen":
             from recipes.train import train
 
-            train(_titlegen_argv(tokenizer_dir, output_dir, max_steps, batch_size, bf16), callbacks=callbacks)
+            train(
+                _titlegen_argv(train_file, tokenizer_dir, output_dir, max_steps, batch_size, bf16), callbacks=callbacks
+            )
         else:
-            _train_plain(tokenizer_dir, output_dir, max_steps, batch_size, timer)
+            _train_plain(train_file, tokenizer_dir, output_dir, max_steps, batch_size, timer)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"recipe": recipe, "steps": timer.steps, "peak_mib": peak_mib}
 
@@ -218,11 +240,11 @@ def _profiler_callback(first: int, last: int):
     return _Profile()
 
 
-def in_child(fn, *args):
-    """Runs fn(*args) in a fresh process, so that its imports, settings and peak memory are its own."""
+def in_child(fn, *args, **kwargs):
+    """Runs fn(*args, **kwargs) in a fresh process, so that its imports, settings and peak memory are its own."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(fn, *args).result()
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def matmul_flops(dtype_name: str, n: int = 1024, seconds: float = 1.0) -> float:
@@ -277,87 +299,93 @@ def step_flops(step: dict, shape: dict, batch_size: int) -> float:
     return 3 * (2 * shape["encoder"] * source + 2 * shape["decoder"] * target + attention)
 
 
+def epoch_rates(steps: list[dict], shape: dict, batch_size: int) -> dict:
+    """Seconds, samples/s, real tokens/s and model FLOP/s of the timed epoch of one run."""
+    seconds = sum(s["seconds"] for s in steps)
+    return {
+        "seconds": seconds,
+        "samples/s": sum(s["samples"] for s in steps) / seconds,
+        "tokens/s": sum(s["source"] + s["target"] for s in steps) / seconds,
+        "flop/s": sum(step_flops(s, shape, batch_size) for s in steps) / seconds,
+    }
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
 
-    from titlegen.data import read_jsonl
+    from titlegen.data import read_jsonl, write_jsonl
     from titlegen.tokenizer import train_tokenizer
 
     torch.set_num_threads(args.threads)
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        records = read_jsonl(TRAIN_FILE, fields=("maintext", "title"))
+        records = read_jsonl(TRAIN_FILE, fields=("id", "maintext", "title"))
         tokenizer_dir = str(Path(tmp) / "tokenizer")
         train_tokenizer((r[c] for r in records for c in ("maintext", "title")), tokenizer_dir, args.vocab_size)
+        train_file = str(Path(tmp) / "train.jsonl")
+        write_jsonl(train_file, random.Random(42).sample(records, args.steps * args.batch_size))
         shape = in_child(model_shape, tokenizer_dir)
         print(
             f"model: mT5-small shape, {shape['parameters'] / 1e6:.1f}M parameters, vocabulary {shape['vocab_size']} "
             f"(asked {args.vocab_size}); batch {args.batch_size}, source <= {MAX_SOURCE_LENGTH} and target <= "
-            f"{MAX_TARGET_LENGTH} tokens; {args.warmup} warm-up + {args.steps} timed steps x {args.repeats} runs",
+            f"{MAX_TARGET_LENGTH} tokens; {args.steps * args.batch_size} LCSTS training pairs, a warm-up epoch and "
+            f"a timed epoch of {args.steps} steps; {args.repeats} runs per recipe",
             flush=True,
         )
-        max_steps = args.warmup + args.steps
-        if args.profile:
-            profile_steps = (args.warmup + 1, max_steps)
-            in_child(
-                run_recipe,
-                "titlegen",
-                tokenizer_dir,
-                max_steps,
-                args.batch_size,
-                args.bf16,
-                args.threads,
-                profile_steps,
-            )
+        run = functools.partial(
+            run_recipe,
+            train_file=train_file,
+            tokenizer_dir=tokenizer_dir,
+            max_steps=2 * args.steps,
+            batch_size=args.batch_size,
+            bf16=args.bf16,
+            threads=args.threads,
+        )
+        if args.profile:  # the first three steps of the timed epoch
+            in_child(run, "titlegen", profile_steps=(args.steps + 1, args.steps + 3))
             return
-        steps = {recipe: [] for recipe in RECIPES}
+        rates = {recipe: [] for recipe in RECIPES}
         peak_mib = {recipe: 0.0 for recipe in RECIPES}
         probes = {"bfloat16": [], "float32": []}
         for repeat in range(args.repeats):
             for dtype in probes:
                 probes[dtype].append(matmul_flops(dtype))
             for recipe in RECIPES:
-                result = in_child(
-                    run_recipe, recipe, tokenizer_dir, max_steps, args.batch_size, args.bf16, args.threads
-                )
-                timed = result["steps"][args.warmup :]
-                steps[recipe] += timed
+                result = in_child(run, recipe)
+                rates[recipe].append(epoch_rates(result["steps"][args.steps :], shape, args.batch_size))
                 peak_mib[recipe] = max(peak_mib[recipe], result["peak_mib"])
-                median = statistics.median(s["seconds"] for s in timed)
-                print(f"run {repeat + 1}/{args.repeats} {recipe}: median step {median:.2f} s", flush=True)
+                print(
+                    f"run {repeat + 1}/{args.repeats} {recipe}: epoch {rates[recipe][-1]['seconds']:.1f} s", flush=True
+                )
     peak = {dtype: statistics.median(values) for dtype, values in probes.items()}
-    rows, samples_per_s = [], {}
+    median = {
+        recipe: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for recipe, runs in rates.items()
+    }
+    rows = []
     for recipe in RECIPES:
-        timed = steps[recipe]
-        seconds = statistics.median(s["seconds"] for s in timed)
-        per_second = [(s["samples"] / s["seconds"], (s["source"] + s["target"]) / s["seconds"]) for s in timed]
-        samples_per_s[recipe] = statistics.median(p[0] for p in per_second)
-        tokens_per_s = statistics.median(p[1] for p in per_second)
-        flops = statistics.median(step_flops(s, shape, args.batch_size) / s["seconds"] for s in timed)
         dtype = "bfloat16" if recipe == "titlegen" and args.bf16 == "true" else "float32"
+        m = median[recipe]
         rows.append(
             [
                 recipe,
                 "bf16 autocast" if dtype == "bfloat16" else "fp32",
-                seconds,
-                samples_per_s[recipe],
-                tokens_per_s,
-                "",  # the speed against plain, filled in below
+                m["seconds"],
+                m["samples/s"],
+                m["tokens/s"],
+                f"{m['samples/s'] / median['plain']['samples/s']:.2f}x",
                 peak_mib[recipe],
-                flops / 1e9,
-                f"{100 * flops / peak[dtype]:.0f}% of {peak[dtype] / 1e9:.0f} ({dtype})",
+                m["flop/s"] / 1e9,
+                f"{100 * m['flop/s'] / peak[dtype]:.0f}% of {peak[dtype] / 1e9:.0f} ({dtype})",
             ]
         )
-    for row in rows:
-        row[5] = f"{samples_per_s[row[0]] / samples_per_s['plain']:.2f}x"
     print()
     print(
         markdown_table(
             [
                 "recipe",
                 "dtype",
-                "median step (s)",
+                "timed epoch (s)",
                 "samples/s",
                 "tokens/s",
                 "speed vs plain",
