@@ -74,7 +74,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     checkpoint = _checkpoint_to_resume(output_dir, run_args.resume, training_args.should_save)
     wait_for_everyone()  # under a launcher, every process looks at output_dir before process 0 writes to it
     if not torch.cuda.is_available():
-        configure_cpu(run_args.flush_denormal)
+        configure_cpu(run_args.flush_denormal, run_args.keep_freed_memory)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
     set_seed(training_args.seed)
 

@@ -157,6 +157,13 @@ class RunArguments:
         default=True,
         metadata={"help": "On CPU, flush denormal floats to zero (arithmetic on them is many times slower)."},
     )
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On CPU with glibc, keep freed memory in the process for the next step instead of handing large "
+            "blocks back to the system, which zeroes them again at their next use (10-17% faster steps)."
+        },
+    )
 
 
 def _yaml_load(path: str) -> dict[str, Any]:
