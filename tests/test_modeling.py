@@ -158,7 +158,7 @@ def test_an_untied_output_layer_stays_untied_when_reloaded(tokenizer, tmp_path):
     assert torch.equal(again.shared.weight, model.shared.weight)
 
 
-# Allocates and frees a 64 MiB block twice; prints whether the second allocation was served by a fresh mapping.
+# Allocates and frees a 64 MiB block, allocates it again and prints how many mappings that second allocation added.
 _REUSE_PROBE = """
 import ctypes, sys
 from titlegen.modeling import keep_freed_memory_in_process

@@ -36,8 +36,8 @@ def keep_freed_memory_in_process() -> bool:
     when freed, and the kernel zeroes each page of a fresh mapping at its first touch. A training step
     allocates and frees several such blocks (the logits, the embedding and output-layer gradients: 65 MiB
     each for mT5-small with a 32k vocabulary), so it pays for zeroing them at every step: allocating one
-    took 23 ms, 11 ms with this setting, and training steps ran 10-17% faster (bench/README.md). Blocks
-    then come from the heap, which keeps up to 2 GiB of free memory instead of returning it.
+    took 23 ms, 11 ms with this setting, and an epoch of bench/train_speed.py ran 7-10% faster. Blocks then
+    come from the heap, which keeps up to 2 GiB of free memory instead of returning it.
 
     Returns:
         Whether the setting took effect: False where the C library is not glibc (e.g. macOS, musl).
