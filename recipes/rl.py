@@ -80,7 +80,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     checkpoint = _checkpoint_to_resume(output_dir, args.resume)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        configure_cpu(args.flush_denormal)
+        configure_cpu(args.flush_denormal, args.keep_freed_memory)
     set_seed(args.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(

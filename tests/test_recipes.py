@@ -148,6 +148,14 @@ def test_help_needs_no_heavy_imports(module):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.parametrize("module", ["recipes.train", "recipes.predict", "recipes.compare", "recipes.rl"])
+def test_help_answers(module):
+    # argparse formats each help text with %: a stray % in a setting's help breaks --help.
+    result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:") and "--model_name_or_path" in result.stdout
+
+
 @pytest.mark.parametrize("freeze_embeddings", [False, True], ids=["decoder-only", "decoder-only-frozen-embeddings"])
 def test_decoder_only_training_leaves_frozen_parameters_unchanged(trained_dir, tmp_path, caplog, freeze_embeddings):
     caplog.set_level(logging.INFO, logger="titlegen.train")

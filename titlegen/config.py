@@ -160,8 +160,9 @@ class RunArguments:
     keep_freed_memory: bool = field(
         default=True,
         metadata={
-            "help": "On CPU with glibc, keep freed memory in the process for the next step instead of handing large "
-            "blocks back to the system, which zeroes them again at their next use (7-10% faster epochs in bench/)."
+            "help": "On CPU with glibc, keep freed memory in the process for the next step instead of handing "
+            "large blocks back to the system, which zeroes them again at their next use (epochs 7-10 per cent "
+            "faster in bench/)."
         },
     )
 

@@ -117,6 +117,13 @@ class RLArguments:
     bf16: bool = field(default=False, metadata={"help": "Run under bfloat16 autocast."})
     resume: bool = field(default=False, metadata={"help": "Continue from the latest checkpoint in output_dir."})
     flush_denormal: bool = field(default=True, metadata={"help": "On CPU, flush denormal floats to zero."})
+    keep_freed_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "On CPU with glibc, keep freed memory for the next step instead of handing large blocks back to "
+            "the system (steps 16-20 per cent faster for an mT5-small shape)."
+        },
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "Hide progress bars."})
 
     def __post_init__(self):
