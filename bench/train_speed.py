@@ -8,7 +8,8 @@ Both sides train the same model (mT5-small's shape: MT5Config's defaults, built 
 optimizer steps: two epochs over `steps` x `batch_size` pairs drawn at random from LCSTS train, the first a
 warm-up, the second timed.
 
-* titlegen: ``recipes/train.py`` with its defaults for a CPU: flush-to-zero, bf16 autocast, length-grouped batches;
+* titlegen: ``recipes/train.py`` with its defaults for a CPU: flush-to-zero, bf16 autocast, length-grouped batches,
+  freed memory kept for reuse;
 * plain: a copy of ``run_summarization.py``'s training: ``Seq2SeqTrainer``, fp32, dynamic padding, random batches.
 
 Both sides time an epoch over the same pairs, so that they process the same tokens. Timing a few steps of the
