@@ -14,4 +14,4 @@ input="$1"
 output="$2"
 shift 2
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m recipes.predict --model "$model" --input "$input" --output "$output" "$@"
+exec "${PYTHON:-python3}" -m titlegen.recipes.predict --model "$model" --input "$input" --output "$output" "$@"

@@ -107,8 +107,8 @@ def measure(settings: dict, tokenizer_dir: str, source_length: int, target_lengt
     import torch
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
+    from titlegen.cpu import configure_cpu
     from titlegen.loss import title_loss
-    from titlegen.modeling import configure_cpu
 
     cuda = torch.cuda.is_available()
     if not cuda:

@@ -71,10 +71,10 @@ def measure(setting: str, model_dir: str, batch_size: int, steps: int, threads: 
     from transformers import DataCollatorForSeq2Seq
     from transformers.optimization import Adafactor
 
+    from titlegen.cpu import configure_cpu
     from titlegen.data import read_jsonl
     from titlegen.lora import add_lora
     from titlegen.modeling import (
-        configure_cpu,
         count_parameters,
         freeze_embeddings,
         freeze_encoder,

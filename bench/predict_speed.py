@@ -60,9 +60,10 @@ def main() -> None:
     import torch
     import transformers
 
+    from titlegen.cpu import configure_cpu
     from titlegen.data import normalize_text, read_jsonl
     from titlegen.generation import generate_titles
-    from titlegen.modeling import build_model, configure_cpu
+    from titlegen.modeling import build_model
     from titlegen.tokenizer import train_tokenizer
 
     transformers.utils.logging.set_verbosity_error()

@@ -2,7 +2,7 @@
 
     python -m bench.quality [--minutes 40] [--max_steps 20000] [--eval_steps 1000] [--output_dir DIR] [--key value ...]
 
-Trains ``trainer_args/tiny_offline.yaml`` with ``recipes/train.py`` on LCSTS train for at most `--minutes` of
+Trains ``trainer_args/tiny_offline.yaml`` with ``titlegen/recipes/train.py`` on LCSTS train for at most `--minutes` of
 training steps (evaluation not counted), the learning rate decaying linearly over `--max_steps`, evaluating on
 the validation file every `--eval_steps` steps and keeping the best model by validation ROUGE-L. Then generates
 a title for every test article and reports tw_rouge (char and jieba segmenters, f x 100) next to the lead
@@ -82,11 +82,12 @@ def plot(evaluations: list[dict], lead_scores: dict[str, dict], path: Path, titl
 
 def main(argv=None) -> None:
     args, recipe_args = parse_args(argv)
-    from recipes.train import train
     from titlegen.callbacks import TrainingTimeBudget
+    from titlegen.config import trained_settings
     from titlegen.data import atomic_write_text, read_jsonl
     from titlegen.generation import generate_titles, is_article_tokens_only
-    from titlegen.modeling import load_model, load_tokenizer, trained_settings
+    from titlegen.modeling import load_model, load_tokenizer
+    from titlegen.recipes.train import train
 
     output_dir = Path(args.output_dir)
     run_dir = output_dir / "model"

@@ -36,7 +36,7 @@ def supervised_model(model: str | None) -> Path:
         return Path(model)
     sft = RESULTS / "sft"
     if not (sft / "model.safetensors").is_file():
-        from recipes.train import train
+        from titlegen.recipes.train import train
 
         print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {sft}", flush=True)
         # --resume: a training that was interrupted continues from its last checkpoint.
@@ -52,7 +52,7 @@ def evaluate(
     from titlegen.data import read_jsonl
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import load_model, load_tokenizer
-    from titlegen.rl import evaluate_titles
+    from titlegen.rl.rollout import evaluate_titles
 
     model, tokenizer = load_model(str(model_dir)), load_tokenizer(str(model_dir))
     results = {}
@@ -76,11 +76,11 @@ def main() -> None:
 
     from transformers import GenerationConfig
 
-    from recipes.rl import rl
-    from titlegen.config import DataArguments, parse_args
+    from titlegen.config import parse_args
     from titlegen.data import read_jsonl
     from titlegen.generation import is_article_tokens_only
-    from titlegen.rl import RLArguments
+    from titlegen.recipes.rl import rl
+    from titlegen.rl.config import settings as rl_settings
 
     start_model = supervised_model(args.model)
     out = Path(args.output_dir)
@@ -91,12 +91,12 @@ def main() -> None:
     rl(argv)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
-    rl_args, data_args = parse_args((RLArguments, DataArguments), ["--config", str(out / "run_config.yaml")])
+    rl_args, _, _, data_args, _, training_args = parse_args(rl_settings(), ["--config", str(out / "run_config.yaml")])
     decoded = GenerationConfig.from_pretrained(out)  # the decoding the RL run validated with
     num_beams, restrict = decoded.num_beams, is_article_tokens_only(decoded)
     settings = data_args.max_source_length, data_args.max_target_length, num_beams, restrict
     before, after = evaluate(start_model, *settings), evaluate(out, *settings)
-    batch, k = rl_args.per_device_train_batch_size, rl_args.num_return_sequences
+    batch, k = training_args.per_device_train_batch_size, rl_args.num_return_sequences
 
     evals = [r for r in read_jsonl(out / "rl_log.jsonl", fields=()) if "eval_rouge-l" in r]
     best_step = json.loads((out / "eval_results.json").read_text(encoding="utf-8"))["best"]["step"]

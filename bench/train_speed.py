@@ -8,8 +8,8 @@ Both sides train the same model (mT5-small's shape: MT5Config's defaults, built 
 optimizer steps: two epochs over `steps` x `batch_size` pairs drawn at random from LCSTS train, the first a
 warm-up, the second timed.
 
-* titlegen: ``recipes/train.py`` with its defaults for a CPU: flush-to-zero, bf16 autocast, length-grouped batches,
-  freed memory kept for reuse;
+* titlegen: ``titlegen/recipes/train.py`` with its defaults for a CPU: flush-to-zero, bf16 autocast,
+  length-grouped batches, freed memory kept for reuse;
 * plain: a copy of ``run_summarization.py``'s training: ``Seq2SeqTrainer``, fp32, dynamic padding, random batches.
 
 Both sides time an epoch over the same pairs, so that they process the same tokens. Timing a few steps of the
@@ -211,7 +211,7 @@ def run_recipe(
     callbacks = [timer] if profile_steps is None else [timer, _profiler_callback(*profile_steps)]
     with tempfile.TemporaryDirectory() as output_dir:
         if recipe == "titlegen":
-            from recipes.train import train
+            from titlegen.recipes.train import train
 
             train(
                 _titlegen_argv(train_file, tokenizer_dir, output_dir, max_steps, batch_size, bf16), callbacks=callbacks

@@ -77,7 +77,7 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory) -> Path:
     """A model folder written by the training recipe (2 epochs on the fixture articles)."""
-    from recipes.train import train
+    from titlegen.recipes.train import train
 
     output_dir = tmp_path_factory.mktemp("run") / "tiny"
     train(tiny_train_args(output_dir))

@@ -12,7 +12,7 @@ import transformers
 
 import titlegen.data
 import titlegen.tokenizer
-from recipes.train import main
+from titlegen.recipes.train import main
 
 
 def recorded(function, path_argument: int):

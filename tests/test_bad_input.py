@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from recipes.predict import main as predict_main
-from recipes.train import main as train_main
 from titlegen.cli import evaluate_main
+from titlegen.recipes.predict import main as predict_main
+from titlegen.recipes.train import main as train_main
 
 from .conftest import ARTICLES, NO_EVAL, read_lines, tiny_train_args
 

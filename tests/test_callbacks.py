@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 import titlegen.modeling
-from recipes.train import main as train_main
-from recipes.train import train
 from titlegen.checkpoints import is_complete_checkpoint
+from titlegen.recipes.train import main as train_main
+from titlegen.recipes.train import train
 
 from .conftest import NO_EVAL, ROOT, subprocess_env, tiny_train_args
 
@@ -22,7 +22,7 @@ def test_a_signal_saves_a_checkpoint_and_stops(tmp_path, signum):
     run = tmp_path / "run"
     args = tiny_train_args(run, *NO_EVAL, "--max_steps", "100000", "--save_strategy", "no", "--logging_steps", "20")
     child = subprocess.Popen(
-        [sys.executable, "-m", "recipes.train", *args],
+        [sys.executable, "-m", "titlegen.recipes.train", *args],
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -91,12 +91,12 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypatch):
     """Why the guard exists: transformers only hides a NaN loss from its logs, and the weights turn to NaN."""
-    import recipes.train
+    import titlegen.recipes.train
 
     monkeypatch.setattr(titlegen.modeling, "build_model", inject_nan_at_training_forward(3))
     monkeypatch.setattr("titlegen.callbacks.NonFiniteLossGuard.on_pre_optimizer_step", lambda *a, **k: None)
     run = tmp_path / "run"
-    recipes.train.train(tiny_train_args(run, *NO_EVAL, "--max_steps", "4", "--save_strategy", "no"))
+    titlegen.recipes.train.train(tiny_train_args(run, *NO_EVAL, "--max_steps", "4", "--save_strategy", "no"))
     weights = load_file(run / "model.safetensors")
     assert not all(torch.isfinite(w).all() for w in weights.values())
 

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers.trainer_utils import get_last_checkpoint
 
-from recipes.train import train
 from titlegen.checkpoints import is_complete_checkpoint, last_complete_checkpoint, remove_incomplete_checkpoints
+from titlegen.recipes.train import train
 
 from .conftest import NO_EVAL, ROOT, logged_losses, subprocess_env, tiny_train_args
 
@@ -60,7 +60,7 @@ def kill_while_saving(self, output_dir):
     save_rng_state(self, output_dir)
 
 Trainer._save_rng_state = kill_while_saving
-from recipes.train import main
+from titlegen.recipes.train import main
 sys.exit(main(sys.argv[1:]))
 """
 

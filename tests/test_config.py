@@ -4,7 +4,6 @@ import pytest
 import yaml
 from transformers import Seq2SeqTrainingArguments
 
-from recipes.predict import PredictArguments
 from titlegen import TitlegenError
 from titlegen.config import (
     DataArguments,
@@ -15,6 +14,7 @@ from titlegen.config import (
     save_config,
 )
 from titlegen.modeling import build_model
+from titlegen.recipes.predict import PredictArguments
 from titlegen.rl import RLArguments
 
 ROOT = Path(__file__).resolve().parents[1]

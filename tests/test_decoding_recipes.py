@@ -5,11 +5,11 @@ import re
 import subprocess
 import sys
 
-from recipes.compare import compare
-from recipes.compare import main as compare_main
-from recipes.predict import main as predict_main
-from recipes.predict import predict
 from titlegen.cli import plot_main
+from titlegen.recipes.compare import compare
+from titlegen.recipes.compare import main as compare_main
+from titlegen.recipes.predict import main as predict_main
+from titlegen.recipes.predict import predict
 from titlegen.strategies import DEFAULT_GRID, load_grid
 
 from .conftest import ARTICLES, ROOT, read_lines
@@ -86,5 +86,5 @@ def test_training_plots_its_learning_curves_and_titlegen_plot_redraws_them(train
 
 
 def test_compare_help_needs_no_heavy_imports():
-    code = "import sys, recipes.compare\nassert not {'torch', 'transformers'} & set(sys.modules)"
+    code = "import sys, titlegen.recipes.compare\nassert not {'torch', 'transformers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

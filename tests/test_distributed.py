@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from recipes.train import train
+from titlegen.recipes.train import train
 
 from .conftest import ROOT, logged_losses, read_lines, subprocess_env, tiny_train_args
 

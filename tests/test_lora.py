@@ -10,13 +10,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainingArguments
 
-from recipes.predict import predict
-from recipes.train import train
 from titlegen import TitlegenError
 from titlegen.cli import merge_main
 from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
 from titlegen.lora import add_lora
 from titlegen.modeling import count_parameters, load_model
+from titlegen.recipes.predict import predict
+from titlegen.recipes.train import train
 
 from .conftest import ARTICLES, ROOT, read_lines, tiny_train_args
 

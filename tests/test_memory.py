@@ -15,13 +15,13 @@ from transformers import (
     Seq2SeqTrainingArguments,
 )
 
-from recipes.predict import main as predict_main
-from recipes.train import main as train_main
-from recipes.train import train
 from titlegen import TitlegenError
 from titlegen.cli import estimate_main
 from titlegen.memory import estimate_training_memory, is_out_of_memory
 from titlegen.modeling import build_model, count_parameters, freeze_encoder
+from titlegen.recipes.predict import main as predict_main
+from titlegen.recipes.train import main as train_main
+from titlegen.recipes.train import train
 
 from .conftest import ARTICLES, NO_EVAL, ROOT, TINY_MODEL, tiny_train_args
 

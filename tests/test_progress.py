@@ -7,8 +7,8 @@ import sys
 import pytest
 from transformers import MT5ForConditionalGeneration
 
-from recipes.predict import predict
 from titlegen.progress import PredictionProgress, run_fingerprint
+from titlegen.recipes.predict import predict
 
 from .conftest import ARTICLES, ROOT, read_lines, subprocess_env
 
@@ -91,7 +91,7 @@ def append_then_die(self, records):
         os.kill(os.getpid(), signal.SIGKILL)
 
 PredictionProgress.append = append_then_die
-from recipes.predict import main
+from titlegen.recipes.predict import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -9,13 +9,13 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from recipes.predict import predict
-from recipes.train import train
 from titlegen.cli import prune_vocab_main
 from titlegen.data import normalize_text
 from titlegen.generation import generate_titles
 from titlegen.modeling import build_model, count_parameters, untie_output_layer
 from titlegen.prune import PRUNED_VOCAB_FILE, prune_vocabulary
+from titlegen.recipes.predict import predict
+from titlegen.recipes.train import train
 
 from .conftest import ARTICLES, TINY_MODEL, read_lines, tiny_train_args
 

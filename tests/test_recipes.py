@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from recipes.predict import predict
-from recipes.train import main as train_main
-from recipes.train import train
 from titlegen.generation import generate_titles
+from titlegen.recipes.predict import predict
+from titlegen.recipes.train import main as train_main
+from titlegen.recipes.train import train
 
 from .conftest import ARTICLES, NO_EVAL, ROOT, SHARED_DATA, read_lines, tiny_train_args
 
@@ -103,7 +103,7 @@ def test_run_sh_without_arguments_prints_usage():
 def test_predict_refuses_to_overwrite_its_input(trained_dir, tmp_path, capsys):
     copy = tmp_path / "in.jsonl"
     copy.write_bytes(ARTICLES.read_bytes())
-    from recipes.predict import main as predict_main
+    from titlegen.recipes.predict import main as predict_main
 
     assert predict_main(["--model", str(trained_dir), "--input", str(copy), "--output", str(copy)]) == 2
     assert "the output file is the input file" in capsys.readouterr().err
@@ -142,13 +142,15 @@ def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
     assert "train.jsonl:2: field 'title' is missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["recipes.train", "recipes.predict", "titlegen.cli"])
+@pytest.mark.parametrize("module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.cli"])
 def test_help_needs_no_heavy_imports(module):
     code = f"import sys, {module}\nassert not {{'torch', 'transformers'}} & set(sys.modules), 'heavy import at import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-@pytest.mark.parametrize("module", ["recipes.train", "recipes.predict", "recipes.compare", "recipes.rl"])
+@pytest.mark.parametrize(
+    "module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.compare", "titlegen.recipes.rl"]
+)
 def test_help_answers(module):
     # argparse formats each help text with %: a stray % in a setting's help breaks --help.
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)

@@ -10,14 +10,14 @@ import pytest
 import torch
 import yaml
 
-from recipes.rl import main as rl_main
-from recipes.rl import rl
 from titlegen import TitlegenError
 from titlegen.config import DataArguments, parse_args
 from titlegen.generation import is_article_tokens_only
 from titlegen.lora import add_lora
 from titlegen.metrics import CharSegmenter, JiebaSegmenter, tw_rouge
 from titlegen.modeling import build_model
+from titlegen.recipes.rl import main as rl_main
+from titlegen.recipes.rl import rl
 from titlegen.rl import (
     RLArguments,
     batch_indices,
@@ -392,9 +392,11 @@ def test_settings_are_checked():
 
 
 def test_help_needs_no_heavy_imports():
-    code = "import sys, recipes.rl\nassert not {'torch', 'transformers'} & set(sys.modules), 'heavy import at import'"
+    code = "import sys, titlegen.recipes.rl\nassert not {'torch', 'transformers'} & set(sys.modules), 'heavy import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
-    result = subprocess.run([sys.executable, "-m", "recipes.rl", "--help"], capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "titlegen.recipes.rl", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0 and "--num_return_sequences" in result.stdout
 
 

@@ -1,10 +1,13 @@
-"""Which training checkpoints a run can resume from.
+"""Checkpoints of the training recipes: which ones a run can resume from, and titlegen-rl's own.
 
-transformers' Trainer writes ``checkpoint-N`` in place, file after file: the model, the optimizer and
-scheduler, the random states, and ``trainer_state.json`` last (process 0 writes it after its own
-files). ``transformers.trainer_utils.get_last_checkpoint`` returns the highest-numbered folder whether
+transformers' Trainer (titlegen-train) writes ``checkpoint-N`` in place, file after file: the model, the
+optimizer and scheduler, the random states, and ``trainer_state.json`` last (process 0 writes it after its
+own files). ``transformers.trainer_utils.get_last_checkpoint`` returns the highest-numbered folder whether
 or not it was finished, so a run killed while saving would resume from half a checkpoint. Here a
 checkpoint counts only when its ``trainer_state.json`` is whole JSON for step N and its weights exist.
+
+titlegen-rl writes ``checkpoint-N`` with `save_checkpoint`: the trainable tensors, the optimizer, scheduler
+and random state, and ``state.json``, in a temporary folder renamed into place, so that it is whole or absent.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ _WEIGHTS = (
     "pytorch_model.bin.index.json",
     "adapter_model.safetensors",
 )
+_RL_STATE, _RL_WEIGHTS = "state.json", "trainable.safetensors"  # titlegen-rl's checkpoint files
 
 
 def checkpoint_step(folder: str | Path) -> int | None:
@@ -36,16 +40,23 @@ def checkpoint_step(folder: str | Path) -> int | None:
 
 
 def is_complete_checkpoint(folder: str | Path) -> bool:
-    """Whether `folder` is a ``checkpoint-N`` that the Trainer finished writing."""
+    """Whether `folder` is a ``checkpoint-N`` that the Trainer, or titlegen-rl, finished writing."""
     folder = Path(folder)
     step = checkpoint_step(folder)
     if step is None or not folder.is_dir():
         return False
+    if (folder / _RL_STATE).is_file():
+        return _json_field(folder / _RL_STATE, "step") == step and (folder / _RL_WEIGHTS).is_file()
+    return _json_field(folder / "trainer_state.json", "global_step") == step and any(
+        (folder / name).is_file() for name in _WEIGHTS
+    )
+
+
+def _json_field(path: Path, key: str):
     try:
-        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return state.get("global_step") == step and any((folder / name).is_file() for name in _WEIGHTS)
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _checkpoints(output_dir: Path) -> list[Path]:
@@ -75,3 +86,74 @@ def remove_incomplete_checkpoints(output_dir: str | Path) -> list[Path]:
         logger.warning("removing %s: the run stopped before this checkpoint was complete", folder)
         shutil.rmtree(folder, ignore_errors=True)
     return removed
+
+
+# titlegen-rl's checkpoints ------------------------------------------------------------------------------------------
+
+
+def trainable_state(model) -> dict:
+    """The trainable tensors by name (all weights, or only the LoRA adapters), detached and contiguous."""
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict) -> None:
+    """Loads tensors saved by `trainable_state` into `model`."""
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ValueError(f"weights that the model does not have: {result.unexpected_keys[:3]}")
+
+
+# Batches, checkpoints, curves -----------------------------------------------------------------------------------------
+
+
+def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: dict) -> Path:
+    """Writes everything a run needs to continue to ``checkpoint-STEP``, atomically, and removes older ones.
+
+    Args:
+        output_dir: The run's folder.
+        model: The policy; only its trainable tensors are saved.
+        optimizer: Its optimizer.
+        scheduler: Its learning-rate scheduler.
+        state: JSON-serialisable run state with at least ``step``.
+    """
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from titlegen.data import atomic_output_dir, write_json
+
+    final = Path(output_dir) / f"checkpoint-{state['step']}"
+    with atomic_output_dir(final) as tmp:  # the folder appears complete or not at all
+        save_file(trainable_state(model), tmp / _RL_WEIGHTS)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "optimizer.pt",
+        )
+        write_json(tmp / _RL_STATE, state)
+    for old in Path(output_dir).glob("checkpoint-*"):
+        if old != final and checkpoint_step(old) is not None:
+            shutil.rmtree(old)
+    return final
+
+
+def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
+    """Restores a `save_checkpoint` folder into the model, optimizer, scheduler and torch's RNG.
+
+    Returns:
+        The run state saved with it.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    load_trainable_state(model, load_file(path / _RL_WEIGHTS))
+    saved = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    return json.loads((path / _RL_STATE).read_text(encoding="utf-8"))

@@ -1,50 +1,35 @@
-"""Command-line entry points that live in the library (the training recipes are in ``recipes/``)."""
+"""The tools beside the recipes: scoring, tokenizers, merging, pruning, plotting and memory estimates.
+
+Each is a command (``titlegen-eval``, ...) with the same settings parser, errors and exit statuses as the recipes
+(`titlegen.lifecycle`); the recipes themselves are in ``titlegen/recipes/``.
+"""
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from titlegen import TitlegenError
-
-
-def run(main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
-    """Runs an entry point; a `TitlegenError` becomes a one-line message and exit status 2."""
-    try:
-        main(argv)
-    except TitlegenError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:  # Ctrl-C, or `titlegen.callbacks.Interrupted` after a checkpoint
-        print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
-        return getattr(err, "exit_status", 130)
-    return 0
+from titlegen.lifecycle import run_command
 
 
 def _evaluate(argv: Sequence[str] | None) -> dict:
-    from titlegen.data import read_jsonl
-    from titlegen.metrics import SEGMENTERS, get_segmenter, tw_rouge
+    from titlegen.config import RunArguments, parse_args, settings_from
 
-    parser = argparse.ArgumentParser(
-        prog="titlegen-eval",
-        allow_abbrev=False,  # a misspelled flag is an error, not a guess
-        description="Score predicted titles against reference titles with tw_rouge (the course's metric).",
-        epilog="The course's segmenter is ckip. Its model data is never downloaded implicitly; get it once with "
-        '`pip install -e .[ckip]` and `python -c "from ckiptagger import data_utils; '
-        "data_utils.download_data_gdown('DIR')\"`, then pass --ckip_data DIR/data or set TITLEGEN_CKIP_DATA.",
+    segmenter = settings_from(RunArguments, ["segmenter"], segmenter="auto")
+    args, scoring = parse_args(
+        (EvalArguments, segmenter),
+        argv,
+        description="Score predicted titles against reference titles with tw_rouge (the course's metric). "
+        "The course's segmenter is ckip; auto takes ckip when its data is present, else jieba with a warning. "
+        "ckip's model data is never downloaded implicitly: get it once with `pip install -e .[ckip]` and "
+        "`python -c \"from ckiptagger import data_utils; data_utils.download_data_gdown('DIR')\"`, then pass "
+        "--ckip_data DIR/data or set TITLEGEN_CKIP_DATA.",
     )
-    parser.add_argument("-r", "--reference", required=True, help="jsonl with id and title (the answers)")
-    parser.add_argument("-s", "--submission", required=True, help="jsonl with id and title (the predictions)")
-    parser.add_argument(
-        "--segmenter",
-        choices=SEGMENTERS,
-        default="auto",
-        help="word segmenter; auto = ckip when its data is present, else jieba with a warning (default: auto)",
-    )
-    parser.add_argument("--ckip_data", default=None, help="ckiptagger's model data folder")
-    args = parser.parse_args(argv)
+    from titlegen.data import read_jsonl
+    from titlegen.metrics import get_segmenter, tw_rouge
 
     references = read_jsonl(args.reference, fields=("id", "title"))
     predictions = {
@@ -56,54 +41,94 @@ def _evaluate(argv: Sequence[str] | None) -> dict:
             f"{args.submission}: {len(missing)} of {len(references)} reference ids have no prediction "
             f"(e.g. {', '.join(map(repr, missing[:5]))})"
         )
-    segmenter = get_segmenter(args.segmenter, args.ckip_data)
+    segmenter = get_segmenter(scoring.segmenter, args.ckip_data)
     scores = tw_rouge([predictions[r["id"]] for r in references], [r["title"] for r in references], segmenter)
     print(json.dumps(scores, indent=2))
     return scores
 
 
+@dataclass
+class EvalArguments:
+    """The files of titlegen-eval."""
+
+    reference: str = field(metadata={"help": "jsonl with id and title (the answers).", "aliases": ["-r"]})
+    submission: str = field(metadata={"help": "jsonl with id and title (the predictions).", "aliases": ["-s"]})
+    ckip_data: str | None = field(default=None, metadata={"help": "ckiptagger's model data folder."})
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-eval -r REF.jsonl -s PRED.jsonl [--segmenter ckip|jieba|char|auto]``."""
-    return run(_evaluate, argv)
+    return run_command(_evaluate, argv)
+
+
+@dataclass
+class TextColumns:
+    """Which fields of the jsonl records a command reads text from."""
+
+    columns: list[str] = field(
+        default_factory=lambda: ["maintext", "title"], metadata={"help": "Fields whose text is read."}
+    )
+
+
+def _corpus(files: Sequence[str], columns: Sequence[str]) -> list[str]:
+    from titlegen.data import read_jsonl
+
+    return [r[c] for path in files for r in read_jsonl(path, fields=columns) for c in columns]
+
+
+@dataclass
+class TokenizerFiles:
+    """The files of titlegen-tokenizer."""
+
+    files: list[str] = field(metadata={"help": "jsonl files to learn from.", "positional": True})
+    output_dir: str = field(metadata={"help": "Tokenizer folder to write.", "aliases": ["-o"]})
 
 
 def _train_tokenizer(argv: Sequence[str] | None) -> None:
-    from titlegen.data import read_jsonl
-    from titlegen.tokenizer import MODEL_TYPES, train_tokenizer
+    from titlegen.config import ModelArguments, parse_args, settings_from
 
-    parser = argparse.ArgumentParser(
-        prog="titlegen-tokenizer",
+    tokenizer_settings = settings_from(ModelArguments, ["tokenizer_vocab_size", "tokenizer_type"])
+    files, text, settings = parse_args(
+        (TokenizerFiles, TextColumns, tokenizer_settings),
+        argv,
         description="Train a SentencePiece tokenizer (mT5 conventions, byte fallback) on jsonl text.",
     )
-    parser.add_argument("files", nargs="+", help="jsonl files to learn from")
-    parser.add_argument("-o", "--output_dir", required=True, help="tokenizer folder to write")
-    parser.add_argument("--vocab_size", type=int, default=8000)
-    parser.add_argument("--type", default="unigram", choices=MODEL_TYPES, help="unigram (as mT5) or char")
-    parser.add_argument("--columns", nargs="+", default=["maintext", "title"], help="fields to learn from")
-    args = parser.parse_args(argv)
+    from titlegen.lifecycle import check_writable_folder
+    from titlegen.tokenizer import train_tokenizer
 
-    texts = [r[c] for path in args.files for r in read_jsonl(path, fields=args.columns) for c in args.columns]
-    tokenizer = train_tokenizer(texts, args.output_dir, vocab_size=args.vocab_size, model_type=args.type)
-    print(f"wrote {args.output_dir} ({len(tokenizer)} tokens)")
+    check_writable_folder(files.output_dir, files.output_dir)
+    texts = _corpus(files.files, text.columns)
+    tokenizer = train_tokenizer(
+        texts, files.output_dir, vocab_size=settings.tokenizer_vocab_size, model_type=settings.tokenizer_type
+    )
+    print(f"wrote {files.output_dir} ({len(tokenizer)} tokens)")
 
 
 def tokenizer_main(argv: Sequence[str] | None = None) -> int:
-    """``titlegen-tokenizer FILE.jsonl ... -o DIR [--vocab_size N] [--type unigram|char]``."""
-    return run(_train_tokenizer, argv)
+    """``titlegen-tokenizer FILE.jsonl ... -o DIR [--tokenizer_vocab_size N] [--tokenizer_type unigram|char]``."""
+    return run_command(_train_tokenizer, argv)
+
+
+@dataclass
+class MergeArguments:
+    """The folders of titlegen-merge."""
+
+    adapter_dir: str = field(
+        metadata={"help": "Adapter folder (adapter_config.json names its base model).", "positional": True}
+    )
+    output_dir: str = field(metadata={"help": "Model folder to write.", "aliases": ["-o"]})
 
 
 def _merge(argv: Sequence[str] | None) -> None:
-    from titlegen.lora import merge_adapter
+    from titlegen.config import parse_args
 
-    parser = argparse.ArgumentParser(
-        prog="titlegen-merge",
-        allow_abbrev=False,
+    (args,) = parse_args(
+        (MergeArguments,),
+        argv,
         description="Merge a LoRA adapter (the output_dir of a use_lora run) into its base model, writing a plain "
         "checkpoint that loads with AutoModelForSeq2SeqLM.from_pretrained without peft.",
     )
-    parser.add_argument("adapter_dir", help="adapter folder (adapter_config.json names its base model)")
-    parser.add_argument("-o", "--output_dir", required=True, help="model folder to write")
-    args = parser.parse_args(argv)
+    from titlegen.lora import merge_adapter
 
     merge_adapter(args.adapter_dir, args.output_dir)
     print(f"wrote {args.output_dir}")
@@ -111,32 +136,39 @@ def _merge(argv: Sequence[str] | None) -> None:
 
 def merge_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-merge ADAPTER_DIR -o OUT``."""
-    return run(_merge, argv)
+    return run_command(_merge, argv)
+
+
+@dataclass
+class PruneArguments:
+    """The folders and corpus of titlegen-prune-vocab."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Model folder (or hub id) with its tokenizer.", "positional": True}
+    )
+    corpus: list[str] = field(metadata={"help": "jsonl files whose text the model must handle."})
+    output_dir: str = field(metadata={"help": "Model folder to write.", "aliases": ["-o"]})
 
 
 def _prune_vocab(argv: Sequence[str] | None) -> dict:
-    from titlegen.data import read_jsonl
-    from titlegen.modeling import trained_settings
-    from titlegen.prune import prune_vocabulary
+    from titlegen.config import DataArguments, parse_args, settings_from, trained_settings
 
-    parser = argparse.ArgumentParser(
-        prog="titlegen-prune-vocab",
-        allow_abbrev=False,
+    prefix = settings_from(
+        DataArguments, ["source_prefix"], note="Default: as the model was trained.", source_prefix=None
+    )
+    args, text, preprocessing = parse_args(
+        (PruneArguments, TextColumns, prefix),
+        argv,
         description="Shrink a T5/mT5 model and its SentencePiece tokenizer to the tokens a corpus uses. Text "
         "segmented with kept tokens only gets the same tokens and the same logits as with the original model.",
     )
-    parser.add_argument("model_dir", help="model folder (or hub id) with its tokenizer")
-    parser.add_argument("--corpus", nargs="+", required=True, help="jsonl files whose text the model must handle")
-    parser.add_argument("-o", "--output_dir", required=True, help="model folder to write")
-    parser.add_argument("--columns", nargs="+", default=["maintext", "title"], help="fields whose text to keep")
-    parser.add_argument(
-        "--source_prefix", default=None, help="prefix the articles get (default: the model's run_config.yaml)"
-    )
-    args = parser.parse_args(argv)
+    from titlegen.prune import prune_vocabulary
 
-    texts = [r[c] for path in args.corpus for r in read_jsonl(path, fields=args.columns) for c in args.columns]
-    prefix = trained_settings(args.model_dir)["source_prefix"] if args.source_prefix is None else args.source_prefix
-    sizes = prune_vocabulary(args.model_dir, texts, args.output_dir, prefix)
+    texts = _corpus(args.corpus, text.columns)
+    source_prefix = preprocessing.source_prefix
+    if source_prefix is None:
+        source_prefix = trained_settings(args.model_name_or_path)["source_prefix"]
+    sizes = prune_vocabulary(args.model_name_or_path, texts, args.output_dir, source_prefix)
     (vocab_before, vocab_after), (params_before, params_after) = sizes["vocab_size"], sizes["parameters"]
     print(
         f"wrote {args.output_dir}: {vocab_after:,} of {vocab_before:,} tokens kept; "
@@ -147,21 +179,30 @@ def _prune_vocab(argv: Sequence[str] | None) -> dict:
 
 def prune_vocab_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-prune-vocab MODEL_DIR --corpus FILE.jsonl ... -o OUT``."""
-    return run(_prune_vocab, argv)
+    return run_command(_prune_vocab, argv)
+
+
+@dataclass
+class PlotArguments:
+    """The files of titlegen-plot."""
+
+    run_dir: str = field(
+        metadata={"help": "A titlegen-train output_dir (or a checkpoint) with trainer_state.json.", "positional": True}
+    )
+    output: str | None = field(
+        default=None, metadata={"help": "PNG to write (default: RUN_DIR/learning_curves.png).", "aliases": ["-o"]}
+    )
 
 
 def _plot(argv: Sequence[str] | None) -> None:
-    from pathlib import Path
+    from titlegen.config import parse_args
 
-    from titlegen.plotting import plot_learning_curves, read_log_history
-
-    parser = argparse.ArgumentParser(
-        prog="titlegen-plot",
+    (args,) = parse_args(
+        (PlotArguments,),
+        argv,
         description="Plot a training run's learning curves (loss, and evaluation ROUGE-1/2/L) against the step.",
     )
-    parser.add_argument("run_dir", help="a titlegen-train output_dir (or a checkpoint) with trainer_state.json")
-    parser.add_argument("-o", "--output", default=None, help="PNG to write (default: RUN_DIR/learning_curves.png)")
-    args = parser.parse_args(argv)
+    from titlegen.plotting import plot_learning_curves, read_log_history
 
     output = args.output or str(Path(args.run_dir) / "learning_curves.png")
     plot_learning_curves(read_log_history(args.run_dir), output, title=str(args.run_dir))
@@ -170,23 +211,22 @@ def _plot(argv: Sequence[str] | None) -> None:
 
 def plot_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-plot RUN_DIR [-o OUT.png]``."""
-    return run(_plot, argv)
+    return run_command(_plot, argv)
 
 
 def _estimate(argv: Sequence[str] | None) -> None:
-    from transformers import Seq2SeqTrainingArguments
-
-    from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
+    from titlegen.config import parse_args
     from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
+    from titlegen.recipes.train import settings
 
-    model_args, data_args, _, training_args = parse_args(
-        (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments),
+    model_args, lora_args, data_args, _, training_args = parse_args(
+        settings(),
         argv,
         description="Estimate the peak memory of one training step of a config, per device, without "
         "loading the model's weights. Takes the same --config and flags as titlegen-train.",
     )
     settings = memory_settings(training_args, data_args)
-    model = meta_model(model_args)
+    model = meta_model(model_args, lora_args)
     estimate = estimate_training_memory(model, **settings)
     print(
         f"One training step of {model.config.model_type} on one device, every batch full length (the worst case):\n"
@@ -201,4 +241,4 @@ def _estimate(argv: Sequence[str] | None) -> None:
 
 def estimate_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-estimate --config FILE [--key value ...]``: the memory a training config needs."""
-    return run(_estimate, argv)
+    return run_command(_estimate, argv)

@@ -1,20 +1,25 @@
-"""Run configuration: YAML files and command-line flags mapped onto dataclasses.
+"""Settings: every command's settings as dataclasses, read from a YAML file and command-line flags.
 
-One name per setting everywhere: a YAML key, a command-line flag and a dataclass field share their
-name, and the names are the ones transformers (``Seq2SeqTrainingArguments``) or its summarization
-example already use. A YAML file gives the defaults, flags override them, and any unknown key or flag
-is an error that names it.
+Each setting is declared once, as a dataclass field (or by transformers, in ``Seq2SeqTrainingArguments``):
+one name, one type, one help text, whichever command reads it. A YAML key, a command-line flag and the
+field share that name, and the names are the ones transformers or its summarization example already use.
+Commands compose these dataclasses; a command that needs only some settings of a declaration takes them
+with `settings_from`. A YAML file gives the defaults, flags override them, and an unknown key or flag, an
+out-of-range number or an unreadable file is a one-line `TitlegenError` naming it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import enum
 import sys
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from titlegen import TitlegenError
@@ -27,8 +32,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Hub id (e.g. google/mt5-small) or local folder of a pretrained seq2seq model. "
-            "Leave empty to build a new, randomly initialised model from model_type and config_overrides."
+            "help": "Hub id (e.g. google/mt5-small) or local folder of a pretrained seq2seq model to start from. "
+            "Leave empty to build a new, randomly initialised model from model_type and config_overrides.",
+            "aliases": ["--model"],
         },
     )
     model_type: str = field(
@@ -50,7 +56,7 @@ class ModelArguments:
         },
     )
     tokenizer_vocab_size: int = field(
-        default=8000, metadata={"help": "Vocabulary size of a tokenizer trained on the training text."}
+        default=8000, metadata={"help": "Vocabulary size of a tokenizer trained on the training text.", "min": 16}
     )
     tokenizer_type: str = field(
         default="unigram",
@@ -68,25 +74,6 @@ class ModelArguments:
         default=False,
         metadata={"help": "Keep the token embeddings fixed: the shared input embedding and the output layer."},
     )
-    use_lora: bool = field(
-        default=False,
-        metadata={
-            "help": "Train low-rank adapters (LoRA, with peft) and keep the pretrained weights fixed. "
-            "output_dir then holds the adapter; titlegen-predict and titlegen-merge accept it."
-        },
-    )
-    lora_r: int = field(default=8, metadata={"help": "Rank of the adapters: higher adapts more, with more parameters."})
-    lora_alpha: int = field(
-        default=16, metadata={"help": "Adapter scale: updates are multiplied by lora_alpha/lora_r."}
-    )
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input."})
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q", "k", "v", "o"],
-        metadata={
-            "help": "Layers to adapt, by name. Default: mT5's attention projections. Add wi_0 wi_1 wo for its "
-            "feed-forward layers, or give all-linear for every linear layer but the output layer."
-        },
-    )
     merge_lora: bool = field(
         default=False,
         metadata={
@@ -95,11 +82,32 @@ class ModelArguments:
         },
     )
 
-    def __post_init__(self):
-        if self.use_lora and not self.model_name_or_path:
-            raise ValueError(
-                "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
-            )
+
+@dataclass
+class LoraArguments:
+    """Low-rank adapters (LoRA, with peft) in place of full fine-tuning: titlegen-train and titlegen-rl."""
+
+    use_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Train low-rank adapters and keep the pretrained weights fixed. A titlegen-train output_dir "
+            "then holds the adapter (titlegen-predict and titlegen-merge accept it); titlegen-rl merges it."
+        },
+    )
+    lora_r: int = field(
+        default=8, metadata={"help": "Rank of the adapters: higher adapts more, with more parameters.", "min": 1}
+    )
+    lora_alpha: int = field(
+        default=16, metadata={"help": "Adapter scale: updates are multiplied by lora_alpha/lora_r.", "min": 1}
+    )
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the adapters' input.", "min": 0})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q", "k", "v", "o"],
+        metadata={
+            "help": "Layers to adapt, by name. Default: mT5's attention projections. Add wi_0 wi_1 wo for its "
+            "feed-forward layers, or give all-linear for every linear layer but the output layer."
+        },
+    )
 
 
 @dataclass
@@ -111,60 +119,206 @@ class DataArguments:
         default=None, metadata={"help": "Validation jsonl. Without it, a seeded split of train_file is used."}
     )
     validation_split_percentage: float = field(
-        default=5.0, metadata={"help": "Share of train_file held out when no validation_file is given."}
+        default=5.0,
+        metadata={"help": "Share of train_file held out when no validation_file is given.", "min": 0, "max": 100},
     )
     text_column: str = field(default="maintext", metadata={"help": "Field holding the article."})
     summary_column: str = field(default="title", metadata={"help": "Field holding the title."})
     id_column: str = field(default="id", metadata={"help": "Field holding the record id."})
     source_prefix: str = field(default="", metadata={"help": "Text put before every article (e.g. 'summarize: ')."})
-    max_source_length: int = field(default=256, metadata={"help": "Articles are truncated to this many tokens."})
-    max_target_length: int = field(default=64, metadata={"help": "Titles are truncated to this many tokens."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training pairs."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N validation pairs."})
+    max_source_length: int = field(
+        default=256, metadata={"help": "Articles are truncated to this many tokens.", "min": 1}
+    )
+    max_target_length: int = field(default=64, metadata={"help": "Titles are truncated to this many tokens.", "min": 1})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N training pairs.", "min": 1}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only the first N validation pairs.", "min": 1}
+    )
     lead_pairs: float = field(
         default=0.0,
         metadata={
             "help": "Also train on article-lead pairs (the article's first max_target_length tokens as its "
             "title), this many per training pair (0-1). Teaches a model trained from scratch to copy from "
-            "the article; 0 for pretrained models."
+            "the article; 0 for pretrained models.",
+            "min": 0,
+            "max": 1,
         },
     )
 
 
 @dataclass
 class RunArguments:
-    """titlegen's own switches for a training run."""
+    """titlegen's own settings of a training run: titlegen-train and titlegen-rl."""
 
     segmenter: str = field(
         default="char",
-        metadata={"help": "Word segmenter for the ROUGE computed during training: char, jieba, ckip or auto."},
+        metadata={
+            "help": "Word segmenter of the ROUGE computed during training (and of titlegen-rl's reward).",
+            "choices": ["char", "jieba", "ckip", "auto"],
+        },
     )
-    generation_article_tokens_only: bool = field(
-        default=False,
+    generation_article_tokens_only: bool | None = field(
+        default=None,
         metadata={
             "help": "Titles use only tokens of their own article (and end-of-title), in evaluation and as the "
-            "saved model's default: fewer miscopied characters for a small model trained from scratch."
+            "saved model's default: fewer miscopied characters for a small model trained from scratch. "
+            "Default: as the starting model's generation config says (off for a new model)."
         },
     )
     early_stopping_patience: int | None = field(
         default=None,
-        metadata={"help": "Stop after this many evaluations without improvement of the best metric."},
+        metadata={"help": "Stop after this many evaluations without improvement of the best metric.", "min": 1},
     )
     resume: bool = field(
         default=False, metadata={"help": "Continue from the latest complete checkpoint in output_dir."}
     )
     flush_denormal: bool = field(
         default=True,
-        metadata={"help": "On CPU, flush denormal floats to zero (arithmetic on them is many times slower)."},
+        metadata={"help": "On CPU, flush denormal floats to zero: arithmetic on them is many times slower."},
     )
     keep_freed_memory: bool = field(
         default=True,
         metadata={
             "help": "On CPU with glibc, keep freed memory in the process for the next step instead of handing "
-            "large blocks back to the system, which zeroes them again at their next use (epochs 7-10 per cent "
-            "faster in bench/)."
+            "large blocks back to the system, which zeroes them again at their next use (bench/README.md)."
         },
     )
+
+
+@dataclass
+class GenerationArguments:
+    """The model and the batches of a command that writes titles: titlegen-predict, titlegen-compare."""
+
+    model_name_or_path: str = field(
+        metadata={
+            "help": "Model folder to write titles with: one titlegen-train wrote (full, pruned or LoRA adapter), "
+            "or a hub id.",
+            "aliases": ["--model"],
+        }
+    )
+    batch_size: int = field(default=16, metadata={"help": "Articles per generate call.", "min": 1})
+    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
+    seed: int = field(
+        default=42, metadata={"help": "Seed of sampling; a sampled title depends only on it and its article."}
+    )
+
+
+@dataclass
+class DecodingArguments:
+    """How titles are decoded: a named preset (titlegen.strategies), and generate arguments on top of it."""
+
+    strategy: str | None = field(
+        default=None,
+        metadata={"help": "Decoding preset: greedy, beam, beam_no_repeat, top_k, top_p or temperature (default: "
+                  "the model's generation config)."},
+    )  # fmt: skip
+    num_beams: int | None = field(default=None, metadata={"help": "Beam width (1 = greedy).", "min": 1})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title, in tokens.", "min": 1})
+    do_sample: bool | None = field(default=None, metadata={"help": "Sample instead of searching."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample from the k likeliest tokens (0: all).", "min": 0})
+    top_p: float | None = field(
+        default=None, metadata={"help": "Sample from the smallest set of tokens of mass p.", "min": 0, "max": 1}
+    )
+    temperature: float | None = field(
+        default=None, metadata={"help": "Softmax temperature for sampling.", "min_exclusive": 0}
+    )
+    no_repeat_ngram_size: int | None = field(
+        default=None, metadata={"help": "Forbid repeating n-grams of this size (0: allow).", "min": 0}
+    )
+    repetition_penalty: float | None = field(
+        default=None, metadata={"help": "Penalty on tokens already in the title (1: none).", "min_exclusive": 0}
+    )
+    length_penalty: float | None = field(default=None, metadata={"help": "Beam score length exponent."})
+    article_tokens_only: bool | None = field(
+        default=None, metadata={"help": "Titles use only tokens of their own article (and end-of-title)."}
+    )
+
+    def generate_arguments(self) -> dict[str, Any]:
+        """The generate arguments set here (None: not set), without the strategy."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "strategy"}
+
+
+def settings_from(source: type, names: Sequence[str], note: str = "", **defaults) -> type:
+    """A dataclass of some settings of `source`, for a command that takes only those.
+
+    The settings keep their name, type and help text; `defaults` replace their defaults for this command
+    (a default of None also makes the type optional), and `note` is added to each help text.
+    """
+    fields = {f.name: f for f in dataclasses.fields(source)}
+    hints = typing.get_type_hints(source)
+    made = []
+    for name in names:
+        old = fields[name]
+        metadata = dict(old.metadata)
+        if note:
+            metadata["help"] = f"{metadata.get('help', '').rstrip()} {note}".strip()
+        if name in defaults:
+            default = defaults[name]
+            new = field(default=default, metadata=metadata)
+            kind = hints[name] | None if default is None else hints[name]
+        else:
+            kwargs = {"default": old.default} if old.default is not dataclasses.MISSING else {}
+            if old.default_factory is not dataclasses.MISSING:
+                kwargs = {"default_factory": old.default_factory}
+            new, kind = field(metadata=metadata, **kwargs), hints[name]
+        made.append((name, kind, new))
+    made.sort(key=lambda item: _has_default(item[2]))  # a dataclass lists its required fields first
+    return dataclasses.make_dataclass(f"{source.__name__}Subset", made)
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+# Ranges of the settings that transformers declares; titlegen's own carry theirs in their metadata.
+TRANSFORMERS_RANGES: dict[str, dict[str, float]] = {
+    "per_device_train_batch_size": {"min": 1},
+    "per_device_eval_batch_size": {"min": 1},
+    "gradient_accumulation_steps": {"min": 1},
+    "generation_num_beams": {"min": 1},
+    "generation_max_length": {"min": 1},
+    "num_train_epochs": {"min_exclusive": 0},
+    "learning_rate": {"min": 0},
+    "weight_decay": {"min": 0},
+    "warmup_steps": {"min": 0},
+    "max_grad_norm": {"min": 0},
+    "label_smoothing_factor": {"min": 0, "max": 1},
+    "logging_steps": {"min_exclusive": 0},
+    "eval_steps": {"min_exclusive": 0},
+    "save_steps": {"min_exclusive": 0},
+    "save_total_limit": {"min": 1},
+}
+
+
+def _check_range(name: str, value: Any, bounds: Mapping[str, float], source: str) -> None:
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if "min" in bounds and value < bounds["min"]:
+        raise TitlegenError(f"{source}: {name} must be at least {bounds['min']}, got {value}")
+    if "min_exclusive" in bounds and value <= bounds["min_exclusive"]:
+        raise TitlegenError(f"{source}: {name} must be greater than {bounds['min_exclusive']}, got {value}")
+    if "max" in bounds and value > bounds["max"]:
+        raise TitlegenError(f"{source}: {name} must be at most {bounds['max']}, got {value}")
+
+
+def check_ranges(instances: Sequence[Any], sources: Mapping[str, str] | None = None) -> None:
+    """Raises `TitlegenError` for the first numeric setting out of its range, naming where it was set.
+
+    Args:
+        instances: Parsed settings (dataclass instances).
+        sources: Where each setting was set (a config file), by name; the command line otherwise.
+    """
+    for obj in instances:
+        for f in dataclasses.fields(obj):
+            bounds = {k: v for k, v in f.metadata.items() if k in _RANGE_KEYS} or TRANSFORMERS_RANGES.get(f.name, {})
+            source = (sources or {}).get(f.name, "command line")
+            _check_range(f.name, getattr(obj, f.name, None), bounds, source)
+
+
+_RANGE_KEYS = ("min", "min_exclusive", "max")
+_TITLEGEN_METADATA = (*_RANGE_KEYS, "positional")
 
 
 def _yaml_load(path: str) -> dict[str, Any]:
@@ -204,6 +358,36 @@ def load_config_file(path: str, types: Sequence[type]) -> dict[str, Any]:
     return values
 
 
+def _parser(types: Sequence[type], description: str | None):
+    """transformers' HfArgumentParser with titlegen's conventions.
+
+    A usage error is a `TitlegenError` (one line, exit status 2, as every other error), not argparse's
+    usage text; a field with ``"positional": True`` in its metadata is a positional argument; titlegen's own
+    metadata keys (ranges) are not passed on to argparse.
+    """
+    from transformers import HfArgumentParser
+
+    class Parser(HfArgumentParser):
+        def error(self, message: str):
+            raise TitlegenError(f"command line: {message}")
+
+        @staticmethod
+        def _parse_dataclass_field(parser, dataclass_field: dataclasses.Field):
+            metadata = dict(dataclass_field.metadata)
+            if metadata.get("positional"):
+                is_list = typing.get_origin(dataclass_field.type) is list or str(dataclass_field.type).startswith(
+                    "list"
+                )
+                parser.add_argument(dataclass_field.name, nargs="+" if is_list else None, help=metadata.get("help"))
+                return
+            plain = copy.copy(dataclass_field)
+            plain.metadata = MappingProxyType({k: v for k, v in metadata.items() if k not in _TITLEGEN_METADATA})
+            HfArgumentParser._parse_dataclass_field(parser, plain)
+
+    # allow_abbrev=False: a flag is a setting's full name, as in YAML; argparse would take --num_beam as --num_beams.
+    return Parser(list(types), description=description, allow_abbrev=False)
+
+
 def parse_args(
     types: Sequence[type],
     argv: Sequence[str] | None = None,
@@ -212,17 +396,15 @@ def parse_args(
 ):
     """Parses ``[--config FILE] [--key value ...]`` into one instance of each dataclass in `types`.
 
-    The YAML file gives defaults; command-line flags override them. Unknown keys and flags are errors.
+    The YAML file gives defaults; command-line flags override them. Unknown keys and flags, values of the
+    wrong type and numbers out of their range are `TitlegenError`s naming the setting and where it was set.
     `defaults`, when given, replace the dataclasses' own defaults, below the YAML file.
 
     Returns:
         A tuple with one instance per type, in the order of `types`.
     """
-    from transformers import HfArgumentParser
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    # allow_abbrev=False: a flag is a setting's full name, as in YAML; argparse would take --num_beam as --num_beams.
-    parser = HfArgumentParser(list(types), description=description, allow_abbrev=False)
+    parser = _parser(types, description)
     parser.add_argument("--config", default=None, help="YAML file with default values for any setting below.")
     if defaults:
         parser.set_defaults(**defaults)
@@ -231,8 +413,10 @@ def parse_args(
         flags = [a[2:].split("=")[0] for a in unknown if a.startswith("--")]
         check_keys(flags, types, "command line")
         raise TitlegenError(f"command line: unexpected argument {unknown[0]!r}")
+    from_file: dict[str, Any] = {}
     if known.config:
-        parser.set_defaults(**load_config_file(known.config, types))
+        from_file = load_config_file(known.config, types)
+        parser.set_defaults(**from_file)
     if hasattr(known, "use_cpu") and not _has_accelerator():
         # transformers refuses `bf16: true` on a CPU-only machine unless use_cpu is set; setting it
         # there changes nothing else, and keeps bf16 one flag on every machine.
@@ -241,6 +425,8 @@ def parse_args(
         *instances, _namespace = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
     except ValueError as err:  # raised by the dataclasses' own checks, e.g. TrainingArguments.__post_init__
         raise TitlegenError(str(err)) from err
+    flags = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    check_ranges(instances, {name: known.config for name in from_file if name not in flags})
     return tuple(instances)
 
 
@@ -295,3 +481,15 @@ def save_config(path: str | Path, config: dict[str, Any], header: str = "") -> N
     body = yaml.safe_dump(config, allow_unicode=True, sort_keys=True)
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     atomic_write_text(path, comment + body)
+
+
+def trained_settings(model_dir: str | Path) -> dict[str, Any]:
+    """The data settings a model folder was trained with: its run_config.yaml over `DataArguments`' defaults.
+
+    A hub id, or a folder without run_config.yaml, gets the defaults.
+    """
+    settings = dataclasses.asdict(DataArguments())
+    path = Path(model_dir) / "run_config.yaml"
+    if path.is_file():
+        settings.update(_yaml_load(str(path)))
+    return settings

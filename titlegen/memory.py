@@ -228,8 +228,8 @@ def activation_bytes_per_example(
     return layers + ends
 
 
-def meta_model(model_args):
-    """The model a training run with `model_args` would train, built on the ``meta`` device (no memory).
+def meta_model(model_args, lora_args=None):
+    """The model a training run with `model_args` (and `lora_args`) would train, built on the ``meta`` device.
 
     Frozen parts and LoRA adapters are applied as the training recipe applies them. A model built from
     scratch gets tokenizer_vocab_size tokens, the most its tokenizer can have.
@@ -265,9 +265,9 @@ def meta_model(model_args):
             freeze_encoder(model)
         if model_args.freeze_embeddings:
             freeze_embeddings(model)
-        if model_args.use_lora:
+        if lora_args is not None and lora_args.use_lora:
             model = add_lora(
-                model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+                model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
             )
     return model
 

@@ -1,4 +1,4 @@
-"""Loading and building models and tokenizers, and the CPU settings that make them fast."""
+"""Loading and building models and tokenizers."""
 
 from __future__ import annotations
 
@@ -7,49 +7,12 @@ from pathlib import Path
 from titlegen import TitlegenError
 
 ADAPTER_CONFIG = "adapter_config.json"  # marks a LoRA adapter folder, as peft writes it
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OFFLINE_HINT = (
     "Without network access, point model_name_or_path at a local folder that holds the model "
     "(config.json and model.safetensors, e.g. one saved by titlegen-train), or train a model from "
     "scratch with an offline config such as trainer_args/tiny_offline.yaml."
 )
-
-
-def configure_cpu(flush_denormal: bool = True, keep_freed_memory: bool = False) -> None:
-    """CPU settings: denormal floats flushed to zero, and optionally `keep_freed_memory`.
-
-    Arithmetic on denormal values runs many times slower on CPUs, and mT5 training can produce them.
-    On the models measured in bench/ (a fresh mT5-small shape, the trained offline model) it made no
-    difference.
-    """
-    import torch
-
-    if flush_denormal:
-        torch.set_flush_denormal(True)
-    if keep_freed_memory:
-        keep_freed_memory_in_process()
-
-
-def keep_freed_memory_in_process() -> bool:
-    """Makes glibc's malloc keep freed memory for reuse, instead of handing large blocks back to the system.
-
-    glibc maps every block above its mmap threshold (at most 32 MiB) freshly from the system and unmaps it
-    when freed, and the kernel zeroes each page of a fresh mapping at its first touch. A training step
-    allocates and frees several such blocks (the logits, the embedding and output-layer gradients: 65 MiB
-    each for mT5-small with a 32k vocabulary), so it pays for zeroing them at every step: allocating one
-    took 23 ms, 11 ms with this setting, and an epoch of bench/train_speed.py ran 7-10% faster. Blocks then
-    come from the heap, which keeps up to 2 GiB of free memory instead of returning it.
-
-    Returns:
-        Whether the setting took effect: False where the C library is not glibc (e.g. macOS, musl).
-    """
-    import ctypes
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL(None)  # the C library the interpreter runs on
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters, from glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def load_tokenizer(name_or_path: str, cache_dir: str | None = None):
@@ -59,7 +22,7 @@ def load_tokenizer(name_or_path: str, cache_dir: str | None = None):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
-        raise TitlegenError(f"cannot load the tokenizer '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
+        raise TitlegenError(f"cannot load the tokenizer '{name_or_path}': {_reason(err, name_or_path)}") from err
 
 
 def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: bool = True, **kwargs):
@@ -77,6 +40,7 @@ def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: b
             as fast as the base model; otherwise return the peft model with the adapter kept apart.
         **kwargs: Passed to ``from_pretrained`` (e.g. ``dtype``).
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForSeq2SeqLM
 
     if (Path(name_or_path) / ADAPTER_CONFIG).is_file():
@@ -87,14 +51,19 @@ def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: b
         return AutoModelForSeq2SeqLM.from_pretrained(
             name_or_path, cache_dir=cache_dir, use_safetensors=True, trust_remote_code=False, **kwargs
         )
-    except (OSError, ValueError) as err:
-        raise TitlegenError(f"cannot load the model '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or mismatched weights
+        raise TitlegenError(f"cannot load the model '{name_or_path}': {_reason(err, name_or_path)}") from err
 
 
 def _load_adapter(adapter_dir: str, cache_dir: str | None, merge: bool, **kwargs):
     from peft import PeftConfig, PeftModel
     from transformers import GenerationConfig
 
+    if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
+        raise TitlegenError(
+            f"{adapter_dir}: no {ADAPTER_WEIGHTS}; adapters are loaded from safetensors only, since a pickled "
+            "adapter_model.bin can run code when it is loaded"
+        )
     base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     if not base:
         raise TitlegenError(f"{adapter_dir}/{ADAPTER_CONFIG}: base_model_name_or_path is not set")
@@ -160,7 +129,7 @@ def load_config(name_or_path: str, cache_dir: str | None = None):
     try:
         return AutoConfig.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
-        raise TitlegenError(f"cannot load the config of '{name_or_path}': {_first_line(err)}\n{OFFLINE_HINT}") from err
+        raise TitlegenError(f"cannot load the config of '{name_or_path}': {_reason(err, name_or_path)}") from err
 
 
 def fix_tied_output_scale(model) -> None:
@@ -241,16 +210,6 @@ def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def trained_settings(model_dir: str) -> dict:
-    """The data settings a model folder was trained with: its run_config.yaml over the defaults."""
-    import dataclasses
-
-    import yaml
-
-    from titlegen.config import DataArguments
-
-    settings = dataclasses.asdict(DataArguments())
-    path = Path(model_dir) / "run_config.yaml"
-    if path.is_file():
-        settings.update(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
-    return settings
+def _reason(err: Exception, name_or_path: str) -> str:
+    """Why loading failed, in one line; for a name that is no local folder, how to do without the hub."""
+    return _first_line(err) if Path(name_or_path).exists() else f"{_first_line(err)}. {OFFLINE_HINT}"

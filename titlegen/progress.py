@@ -8,6 +8,7 @@ file. OUTPUT therefore never exists half-written, and at most one batch of work 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -15,7 +16,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from titlegen.data import atomic_write_text, write_jsonl
+from titlegen import TitlegenError
+from titlegen.data import write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -39,34 +41,56 @@ def run_fingerprint(settings: dict, files: Iterable[str | Path]) -> str:
 class PredictionProgress:
     """The titles an interrupted prediction run already wrote, kept next to its output file.
 
+    Use it as a context manager: it holds an exclusive lock on the side file for the whole run, so that two
+    runs writing the same output never mix their titles; the second is refused with a message naming the file.
+
     Args:
-        output_path: The output file; the side file is the same path with ``.progress`` added.
+        output_path: The output file; the side file is the same path with `suffix` added.
         fingerprint: Identifies the run (see `run_fingerprint`); a side file left by a run with another
             fingerprint is discarded.
+        suffix: The side file's suffix.
     """
 
-    def __init__(self, output_path: str | Path, fingerprint: str):
-        self.path = Path(f"{output_path}.progress")
+    def __init__(self, output_path: str | Path, fingerprint: str, suffix: str = ".progress"):
+        self.path = Path(f"{output_path}{suffix}")
         self.fingerprint = fingerprint
+        self._file = None
 
-    def _header(self) -> str:
-        return json.dumps({"format": _FORMAT, "fingerprint": self.fingerprint}) + "\n"
+    def __enter__(self) -> PredictionProgress:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+b")  # created with the umask's permissions, like any file; never truncated here
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            raise TitlegenError(
+                f"{self.path}: another titlegen-predict run is writing this output; wait for it to finish, "
+                "or choose another output path"
+            ) from None
+        self._file = file
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()  # releases the lock
+        self._file = None
+
+    def _header(self) -> bytes:
+        return (json.dumps({"format": _FORMAT, "fingerprint": self.fingerprint}) + "\n").encode("utf-8")
 
     def load(self) -> dict[str, str]:
         """Returns the finished titles by id, and prepares the side file for appending.
 
-        A line cut short by a kill is dropped. A missing side file, or one from a run with other
-        settings, is (re)started empty.
+        A line cut short by a kill is dropped. A new side file, or one from a run with other settings or
+        inputs, is (re)started empty.
         """
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            data = b""
-        header = self._header().encode("utf-8")
+        file = self._file
+        file.seek(0)
+        data = file.read()
+        header = self._header()
         if not data.startswith(header):
             if data:
                 logger.warning("%s is from a run with other settings or inputs: starting over", self.path)
-            atomic_write_text(self.path, self._header())
+            self._rewrite(header)
             return {}
         titles: dict[str, str] = {}
         end = len(header)  # the length of the whole, valid lines read so far
@@ -78,17 +102,23 @@ class PredictionProgress:
                 break  # nothing after a damaged line can be trusted
             end += len(line) + 1
         if end < len(data):
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
+            self._rewrite(data[:end])
         return titles
+
+    def _rewrite(self, data: bytes) -> None:
+        # In place, not through a rename: the lock belongs to this file.
+        self._file.truncate(0)
+        self._file.write(data)
+        self._sync()
+
+    def _sync(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def append(self, records: Iterable[dict]) -> None:
         """Adds finished ``{"title", "id"}`` records and forces them to disk."""
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+        self._sync()
 
     def finish(self, output_path: str | Path, records: Iterable[dict]) -> None:
         """Writes the whole output atomically, then deletes the side file."""

@@ -20,47 +20,56 @@ logger = logging.getLogger("titlegen.train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.cli import run
     from titlegen.distributed import shut_down
+    from titlegen.lifecycle import run_command
 
     try:
-        return run(train, argv)
+        return run_command(train, argv)
     finally:
         shut_down()
 
 
-def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
-    """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
+def settings() -> tuple[type, ...]:
+    """The settings of titlegen-train, in the order `train` unpacks them."""
     from transformers import Seq2SeqTrainingArguments
 
-    from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
+    from titlegen.config import DataArguments, LoraArguments, ModelArguments, RunArguments
 
-    model_args, data_args, run_args, training_args = parse_args(
-        (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments), argv, description=__doc__
-    )
+    return ModelArguments, LoraArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments
+
+
+def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
+    """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
+    from titlegen.config import parse_args
+
+    model_args, lora_args, data_args, run_args, training_args = parse_args(settings(), argv, description=__doc__)
     # Heavy imports after parsing, so that --help answers at once.
-    import torch
-    import transformers
     from datasets import concatenate_datasets
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback, set_seed
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
 
-    from titlegen import TitlegenError, __version__
+    from titlegen import TitlegenError
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
-    from titlegen.config import resolved_config, save_config
-    from titlegen.data import read_jsonl, split_records, write_jsonl
+    from titlegen.data import write_jsonl
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
+    from titlegen.lifecycle import (
+        configure_process,
+        decoding_defaults,
+        load_model_folder,
+        prepare_run_dir,
+        read_training_data,
+        save_run_config,
+        start_logging,
+    )
     from titlegen.lora import add_lora, merge_adapter
     from titlegen.loss import title_loss
     from titlegen.memory import out_of_memory_advice, training_advice
     from titlegen.metrics import build_compute_metrics, get_segmenter
     from titlegen.modeling import (
         build_model,
-        configure_cpu,
         count_parameters,
         freeze_embeddings,
         freeze_encoder,
-        load_model,
         load_tokenizer,
     )
     from titlegen.plotting import plot_learning_curves
@@ -68,39 +77,30 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen.tokenizer import train_tokenizer
     from titlegen.trainer import TitleTrainer
 
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
-    transformers.utils.logging.set_verbosity_warning()
+    if lora_args.use_lora and not model_args.model_name_or_path:
+        raise TitlegenError(
+            "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
+        )
+    start_logging()
     output_dir = Path(training_args.output_dir)
-    checkpoint = _checkpoint_to_resume(output_dir, run_args.resume, training_args.should_save)
+    checkpoint = prepare_run_dir(output_dir, run_args.resume, training_args.should_save)
     wait_for_everyone()  # under a launcher, every process looks at output_dir before process 0 writes to it
-    if not torch.cuda.is_available():
-        configure_cpu(run_args.flush_denormal, run_args.keep_freed_memory)
+    configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
-    set_seed(training_args.seed)
 
     # Data: validated at the edge, with file and line in every error.
     columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
-    if not data_args.train_file:
-        raise TitlegenError("train_file is not set (in the config or as --train_file)")
-    train_records = read_jsonl(data_args.train_file, fields=columns, id_field=data_args.id_column)
-    if data_args.validation_file:
-        eval_records = read_jsonl(data_args.validation_file, fields=columns, id_field=data_args.id_column)
-    else:
-        train_records, eval_records = split_records(
-            train_records, data_args.validation_split_percentage, training_args.seed
-        )
-    train_records = train_records[: data_args.max_train_samples]
-    eval_records = eval_records[: data_args.max_eval_samples]
+    train_records, eval_records = read_training_data(data_args, training_args.seed)
 
     # Tokenizer and model: pretrained, or built from a config with a tokenizer trained on this data.
     if model_args.model_name_or_path:
-        tokenizer = load_tokenizer(model_args.tokenizer_name or model_args.model_name_or_path, model_args.cache_dir)
-        model = load_model(model_args.model_name_or_path, model_args.cache_dir)
+        start = load_model_folder(model_args.model_name_or_path, model_args.cache_dir, model_args.tokenizer_name)
+        tokenizer, model = start.tokenizer, start.model
     else:
         tokenizer_dir = output_dir / "tokenizer"
         if model_args.tokenizer_name:
             tokenizer = load_tokenizer(model_args.tokenizer_name, model_args.cache_dir)
-        elif checkpoint and tokenizer_dir.is_dir():
+        elif checkpoint and tokenizer_dir.is_dir():  # the tokenizer the interrupted run trained
             tokenizer = load_tokenizer(str(tokenizer_dir))
         else:
             # Under a launcher, process 0 of each machine trains it; the others wait, then load it.
@@ -123,29 +123,22 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
     if model_args.freeze_embeddings:
         logger.info("froze %d embedding parameters", freeze_embeddings(model))
-    if model_args.use_lora:
+    if lora_args.use_lora:
         model = add_lora(
-            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+            model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
         )
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
-    generation_config = title_generation_config(
-        model,
-        data_args.max_target_length,
-        training_args.generation_num_beams or 1,
-        article_tokens_only=run_args.generation_article_tokens_only,
+    # Titles of exactly max_target_length tokens at most, decoded as the settings (or the starting model) say.
+    num_beams, article_tokens_only = decoding_defaults(
+        model, training_args.generation_num_beams, run_args.generation_article_tokens_only
     )
+    generation_config = title_generation_config(model, data_args.max_target_length, num_beams, article_tokens_only)
     model.generation_config = generation_config
 
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(
-            output_dir / "run_config.yaml",
-            resolved_config(model_args, data_args, run_args, training_args),
-            header=f"Resolved settings of this run (titlegen {__version__}, transformers {transformers.__version__}, "
-            f"torch {torch.__version__}).\nReproduce it with: titlegen-train --config {output_dir}/run_config.yaml",
-        )
+        save_run_config(output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args)
 
     tokenize = make_tokenize_fn(
         tokenizer,
@@ -190,11 +183,11 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     )
 
     with out_of_memory_advice(training_advice, trainer, data_args):
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model()
     if training_args.should_save:
         generation_config.save_pretrained(output_dir)  # a LoRA adapter is saved without it
-        if model_args.use_lora and model_args.merge_lora:
+        if lora_args.use_lora and model_args.merge_lora:
             merge_adapter(output_dir, output_dir / "merged")
     trainer.save_state()
     if trainer.is_world_process_zero():
@@ -214,31 +207,6 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
             ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records, strict=True)),
         )
     return {**result.metrics, **prediction.metrics}
-
-
-def _checkpoint_to_resume(output_dir: Path, resume: bool, is_main_process: bool) -> str | None:
-    """The latest complete checkpoint when resuming; refuses to train over an earlier run otherwise."""
-    from titlegen import TitlegenError
-    from titlegen.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
-
-    if output_dir.exists() and not output_dir.is_dir():
-        raise TitlegenError(f"{output_dir}: output_dir is a file; choose a folder for the run")
-    if not output_dir.is_dir():
-        return None
-    if resume:
-        last = last_complete_checkpoint(output_dir)
-        if is_main_process:
-            remove_incomplete_checkpoints(output_dir)
-        if last is None:
-            logger.info("no complete checkpoint in %s: starting from the beginning", output_dir)
-            return None
-        logger.info("resuming from %s", last)
-        return str(last)
-    if any(p.name != "runs" for p in output_dir.iterdir()):
-        raise TitlegenError(
-            f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"
-        )
-    return None
 
 
 if __name__ == "__main__":

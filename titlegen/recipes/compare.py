@@ -18,33 +18,40 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CompareArguments:
-    model_name_or_path: str = field(metadata={"help": "Model folder (or hub id).", "aliases": ["--model"]})
+    """titlegen-compare's own settings."""
+
     input_file: str = field(metadata={"help": "jsonl of articles with titles.", "aliases": ["--input"]})
     output_dir: str = field(metadata={"help": "Folder for the table, the chart and each setting's titles."})
     grid: str | None = field(
         default=None, metadata={"help": "YAML list of settings; without it, every strategy at two settings."}
     )
-    limit: int | None = field(default=None, metadata={"help": "Use only the first N articles, for a quick look."})
+    limit: int | None = field(
+        default=None, metadata={"help": "Use only the first N articles, for a quick look.", "min": 1}
+    )
     metric: str = field(
         default="rouge-l", metadata={"help": "Column that names the best setting: rouge-1/2/l, distinct-2, titles/s."}
     )
-    segmenter: str = field(default="char", metadata={"help": "Word segmenter for ROUGE: char, jieba, ckip or auto."})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title (default: as trained)."})
-    batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
-    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
-    seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies."})
+
+
+def settings() -> tuple[type, ...]:
+    """The settings of titlegen-compare, in the order `compare` unpacks them."""
+    from titlegen.config import DecodingArguments, GenerationArguments, RunArguments, settings_from
+
+    segmenter = settings_from(RunArguments, ["segmenter"])
+    longest = settings_from(DecodingArguments, ["max_new_tokens"], note="Default: as trained.")
+    return GenerationArguments, CompareArguments, segmenter, longest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.cli import run
+    from titlegen.lifecycle import run_command
 
-    return run(compare, argv)
+    return run_command(compare, argv)
 
 
 def compare(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.config import parse_args
 
-    (args,) = parse_args((CompareArguments,), argv, description=__doc__)
+    args, compare_args, scoring, decoding = parse_args(settings(), argv, description=__doc__)
 
     import time
     from pathlib import Path
@@ -53,10 +60,11 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
 
     from titlegen import TitlegenError
     from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
+    from titlegen.config import trained_settings
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
     from titlegen.generation import generate_titles
+    from titlegen.lifecycle import check_writable_folder, configure_process, load_model_folder
     from titlegen.metrics import get_segmenter
-    from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
     from titlegen.plotting import plot_comparison
     from titlegen.strategies import (
         DEFAULT_GRID,
@@ -67,21 +75,22 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         setting_name,
     )
 
-    grid = load_grid(args.grid) if args.grid else list(DEFAULT_GRID)
-    check_metric(args.metric)
-    if args.limit is not None and args.limit < 1:
-        raise TitlegenError(f"--limit {args.limit}: compare at least 1 article")
-    segmenter = get_segmenter(args.segmenter)
+    grid = load_grid(compare_args.grid) if compare_args.grid else list(DEFAULT_GRID)
+    check_metric(compare_args.metric)
+    output_dir = Path(compare_args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TitlegenError(f"{output_dir}: output_dir is a file; choose a folder for the comparison")
+    check_writable_folder(output_dir, output_dir)
+    segmenter = get_segmenter(scoring.segmenter)
     trained = trained_settings(args.model_name_or_path)
     columns = (trained["id_column"], trained["text_column"], trained["summary_column"])
-    records = read_jsonl(args.input_file, fields=columns, id_field=columns[0])[: args.limit]
+    records = read_jsonl(compare_args.input_file, fields=columns, id_field=columns[0])[: compare_args.limit]
     articles = [r[columns[1]] for r in records]
     references = [r[columns[2]] for r in records]
 
-    if not torch.cuda.is_available():
-        configure_cpu()
-    tokenizer = load_tokenizer(args.model_name_or_path)
-    model = load_model(args.model_name_or_path)
+    configure_process(args.seed)
+    folder = load_model_folder(args.model_name_or_path)
+    model, tokenizer = folder.model, folder.tokenizer
     if torch.cuda.is_available():
         model = model.cuda()
     options = dict(
@@ -94,15 +103,14 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     # A first generate call pays one-time costs; make it here, so that the first setting's speed is comparable.
     generate_titles(model, tokenizer, articles[:2], progress=False, max_new_tokens=2, **options)
 
-    output_dir = Path(args.output_dir)
     save_grid(output_dir / "grid.yaml", grid)
     rows = []
     for number, setting in enumerate(grid, start=1):
         name = setting_name(setting)
         print(f"[{number}/{len(grid)}] {name}", flush=True)
         arguments = decoding_arguments(**setting)
-        if args.max_new_tokens:
-            arguments.setdefault("max_new_tokens", args.max_new_tokens)
+        if decoding.max_new_tokens:
+            arguments.setdefault("max_new_tokens", decoding.max_new_tokens)
         start = time.perf_counter()
         titles = generate_titles(model, tokenizer, articles, **options, **arguments)
         seconds = time.perf_counter() - start
@@ -112,12 +120,12 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         )
         rows.append({"setting": name, **score_titles(titles, references, segmenter, seconds)})
 
-    best = best_setting(rows, args.metric)
+    best = best_setting(rows, compare_args.metric)
     mean_reference = sum(len(t) for t in references) / len(references)
     report = markdown_report(
         rows,
-        args.metric,
-        heading=f"Decoding strategies on {Path(args.input_file).name}",
+        compare_args.metric,
+        heading=f"Decoding strategies on {Path(compare_args.input_file).name}",
         notes=[
             f"model: {args.model_name_or_path}; {len(records)} articles; seed {args.seed}"
             + ("; bf16" if args.bf16 else ""),
@@ -131,7 +139,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         rows,
         output_dir / "comparison.png",
         best=best["setting"],
-        title=f"{Path(args.model_name_or_path).name} on {Path(args.input_file).name} ({len(records)} articles)",
+        title=f"{Path(args.model_name_or_path).name} on {Path(compare_args.input_file).name} ({len(records)} articles)",
     )
     print(report)
     print(f"wrote {output_dir}/comparison.md, comparison.csv, comparison.png and {len(rows)} prediction files")
