@@ -2,24 +2,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transformers import Seq2SeqTrainingArguments
 
 from titlegen import TitlegenError
 from titlegen.config import (
-    DataArguments,
-    ModelArguments,
-    RunArguments,
     parse_args,
     resolved_config,
     save_config,
 )
 from titlegen.modeling import build_model
-from titlegen.recipes.predict import PredictArguments
-from titlegen.rl import RLArguments
+from titlegen.recipes import predict, train
+from titlegen.rl import config as rl_config
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_TYPES = (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments)
-RL_TYPES = (RLArguments, DataArguments)  # trainer_args/rl_*.yaml configure titlegen-rl
+TRAIN_TYPES = train.settings()
+RL_TYPES = rl_config.settings()  # trainer_args/rl_*.yaml configure titlegen-rl
 CONFIGS = sorted((ROOT / "trainer_args").glob("*.yaml"))
 
 
@@ -53,7 +49,7 @@ def test_command_line_overrides_config():
 def test_given_defaults_sit_below_config_and_command_line():
     defaults = {"max_source_length": 100, "max_target_length": 10, "source_prefix": "x: "}
     argv = ["--config", str(ROOT / "trainer_args/tiny_offline.yaml"), "--max_target_length", "20"]
-    _, data_args, *_ = parse_args(TRAIN_TYPES, argv, defaults=defaults)
+    _, _, data_args, *_ = parse_args(TRAIN_TYPES, argv, defaults=defaults)
     assert data_args.source_prefix == "x: "  # set nowhere else
     assert data_args.max_source_length == 64  # the YAML's
     assert data_args.max_target_length == 20  # the command line's
@@ -86,22 +82,22 @@ def test_resolved_config_reproduces_the_run(tmp_path):
     save_config(tmp_path / "run_config.yaml", resolved_config(*first), header="test")
     again = parse_args(TRAIN_TYPES, ["--config", str(tmp_path / "run_config.yaml")])
     assert resolved_config(*again) == resolved_config(*first)
-    assert again[3].learning_rate == 5e-4
+    assert again[4].learning_rate == 5e-4
 
 
 def test_predict_flags_have_short_aliases():
-    (args,) = parse_args((PredictArguments,), ["--model", "m", "--input", "a.jsonl", "--output", "b.jsonl"])
-    assert (args.model_name_or_path, args.input_file, args.output_file) == ("m", "a.jsonl", "b.jsonl")
+    args, files, *_ = parse_args(predict.settings(), ["--model", "m", "--input", "a.jsonl", "--output", "b.jsonl"])
+    assert (args.model_name_or_path, files.input_file, files.output_file) == ("m", "a.jsonl", "b.jsonl")
 
 
 @pytest.mark.parametrize("name", ["mt5_small_lora.yaml", "tiny_lora_offline.yaml"])
 def test_lora_configs_adapt_a_pretrained_model(name):
-    model_args, *_ = parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
-    assert model_args.use_lora and model_args.model_name_or_path
+    model_args, lora_args, *_ = parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
+    assert lora_args.use_lora and model_args.model_name_or_path
 
 
 def test_offline_lora_targets_layers_the_offline_model_has(tokenizer):
-    (lora_args, *_), (offline_args, *_) = (
+    (_, lora_args, *_), (offline_args, *_) = (
         parse_args(TRAIN_TYPES, ["--config", str(ROOT / "trainer_args" / name)])
         for name in ("tiny_lora_offline.yaml", "tiny_offline.yaml")
     )

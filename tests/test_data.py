@@ -1,8 +1,9 @@
 import json
+import os
 
 import pytest
 
-from titlegen.data import DataError, read_jsonl, split_records, write_jsonl
+from titlegen.data import DataError, atomic_output_dir, read_jsonl, split_records, write_jsonl
 
 FIELDS = ("id", "maintext", "title")
 
@@ -80,13 +81,28 @@ def test_missing_file(tmp_path):
         read_jsonl(tmp_path / "nope.jsonl", FIELDS)
 
 
-def test_bom_crlf_blank_lines_and_integer_ids_are_accepted(tmp_path):
+def test_bom_crlf_and_blank_lines_are_accepted(tmp_path):
     content = (
-        b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode() + b"\r\n" + line(id=3, maintext="m", title="t").encode()
+        b"\xef\xbb\xbf" + GOOD.replace("\n", "\r\n").encode() + b"\r\n" + line(id="3", maintext="m", title="t").encode()
     )
     records = read_jsonl(write(tmp_path, content), FIELDS)
     assert [r["id"] for r in records] == ["1", "2", "3"]
     assert records[1]["title"] == "標題二"
+
+
+def test_outputs_follow_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        write_jsonl(tmp_path / "private.jsonl", [{"title": "t", "id": "1"}])
+        os.umask(0o022)
+        write_jsonl(tmp_path / "shared.jsonl", [{"title": "t", "id": "1"}])
+        with atomic_output_dir(tmp_path / "run") as folder:
+            (folder / "x").write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.jsonl").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "shared.jsonl").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755
 
 
 def test_fields_may_be_empty_when_asked(tmp_path):

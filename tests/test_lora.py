@@ -8,11 +8,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, Seq2SeqTrainingArguments
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from titlegen import TitlegenError
 from titlegen.cli import merge_main
-from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args
 from titlegen.lora import add_lora
 from titlegen.modeling import count_parameters, load_model
 from titlegen.recipes.predict import predict
@@ -80,10 +79,9 @@ def test_unknown_target_modules_are_reported(trained_dir):
         add_lora(load_model(str(trained_dir)), target_modules=["q_proj"])
 
 
-def test_use_lora_needs_a_pretrained_model():
-    types = (ModelArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments)
+def test_use_lora_needs_a_pretrained_model(tmp_path):
     with pytest.raises(TitlegenError, match="use_lora adapts a pretrained model: set model_name_or_path"):
-        parse_args(types, ["--output_dir", "x", "--use_lora", "true"])
+        train(["--output_dir", str(tmp_path / "x"), "--use_lora", "true"])
 
 
 @pytest.fixture(scope="module")

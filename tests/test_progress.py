@@ -1,5 +1,7 @@
 """Prediction keeps its progress: killed midway and rerun, it generates only the missing titles."""
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -7,38 +9,69 @@ import sys
 import pytest
 from transformers import MT5ForConditionalGeneration
 
+from titlegen import TitlegenError
 from titlegen.progress import PredictionProgress, run_fingerprint
 from titlegen.recipes.predict import predict
 
 from .conftest import ARTICLES, ROOT, read_lines, subprocess_env
 
 
+def load(out, fingerprint: str) -> dict[str, str]:
+    with PredictionProgress(out, fingerprint) as progress:
+        return progress.load()
+
+
 def test_side_file_round_trip_drops_a_torn_line(tmp_path):
     out = tmp_path / "out.jsonl"
-    progress = PredictionProgress(out, "run-1")
-    assert progress.load() == {}
-    progress.append([{"title": "標題一", "id": "1"}, {"title": "標題二", "id": "2"}])
+    with PredictionProgress(out, "run-1") as progress:
+        assert progress.load() == {}
+        progress.append([{"title": "標題一", "id": "1"}, {"title": "標題二", "id": "2"}])
     with open(progress.path, "ab") as f:
         f.write('{"title": "標題三", "i'.encode())  # killed while writing
 
-    again = PredictionProgress(out, "run-1")
-    assert again.load() == {"1": "標題一", "2": "標題二"}
-    again.append([{"title": "標題三", "id": "3"}])
-    assert PredictionProgress(out, "run-1").load() == {"1": "標題一", "2": "標題二", "3": "標題三"}
+    with PredictionProgress(out, "run-1") as again:
+        assert again.load() == {"1": "標題一", "2": "標題二"}
+        again.append([{"title": "標題三", "id": "3"}])
+    assert load(out, "run-1") == {"1": "標題一", "2": "標題二", "3": "標題三"}
 
-    again.finish(out, [{"title": "t", "id": "1"}])
+    with PredictionProgress(out, "run-1") as again:
+        again.finish(out, [{"title": "t", "id": "1"}])
     assert read_lines(out) == [{"title": "t", "id": "1"}]
     assert not progress.path.exists()
 
 
 def test_titles_of_a_run_with_other_settings_are_not_reused(tmp_path, caplog):
     out = tmp_path / "out.jsonl"
-    first = PredictionProgress(out, "run-1")
-    first.load()
-    first.append([{"title": "舊", "id": "1"}])
-    assert PredictionProgress(out, "run-2").load() == {}
+    with PredictionProgress(out, "run-1") as first:
+        first.load()
+        first.append([{"title": "舊", "id": "1"}])
+    assert load(out, "run-2") == {}
     assert "from a run with other settings or inputs: starting over" in caplog.text
-    assert PredictionProgress(out, "run-1").load() == {}, "the other run's titles are gone"
+    assert load(out, "run-1") == {}, "the other run's titles are gone"
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_writes(tmp_path):
+    out = tmp_path / "out.jsonl"
+    with PredictionProgress(out, "run-1") as first:
+        first.load()
+        first.append([{"title": "一", "id": "1"}])
+        with pytest.raises(TitlegenError, match=r"out\.jsonl\.progress: another titlegen-predict run is writing"):
+            PredictionProgress(out, "run-2").__enter__()
+        first.append([{"title": "二", "id": "2"}])
+    assert load(out, "run-1") == {"1": "一", "2": "二"}, "the first run's titles are whole"
+
+
+def test_side_file_follows_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with PredictionProgress(tmp_path / "out.jsonl", "run-1") as progress:
+            progress.load()
+            progress.finish(tmp_path / "out.jsonl", [{"title": "t", "id": "1"}])
+            side_mode = progress.path.stat().st_mode & 0o777 if progress.path.exists() else None
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.jsonl").stat().st_mode & 0o777 == 0o640
+    assert side_mode is None
 
 
 def test_fingerprint_follows_settings_and_files(tmp_path):
@@ -134,3 +167,17 @@ def test_titles_are_reused_only_by_a_run_with_the_same_flags(trained_dir, tmp_pa
     sizes = count_generated(monkeypatch)
     predict(args + rerun_flags)
     assert sum(sizes) == len(read_lines(ARTICLES)) - reused
+
+
+def test_resume_works_with_the_output_inside_the_model_folder(trained_dir, tmp_path, monkeypatch):
+    # make demo writes its predictions into the model's folder: the side file must not change the model's fingerprint.
+    model = tmp_path / "model"
+    shutil.copytree(trained_dir, model)
+    args = ["--model", str(model), "--input", str(ARTICLES), "--output", str(model / "out.jsonl"), "--batch_size", "4"]
+    with monkeypatch.context() as patch:
+        interrupt_after_first_batch(patch)
+        with pytest.raises(KeyboardInterrupt):
+            predict(args)
+    sizes = count_generated(monkeypatch)
+    predict(args)
+    assert sum(sizes) == len(read_lines(ARTICLES)) - 4

@@ -11,30 +11,18 @@ import torch
 import yaml
 
 from titlegen import TitlegenError
-from titlegen.config import DataArguments, parse_args
+from titlegen.checkpoints import trainable_state
+from titlegen.config import parse_args
 from titlegen.generation import is_article_tokens_only
 from titlegen.lora import add_lora
 from titlegen.metrics import CharSegmenter, JiebaSegmenter, tw_rouge
 from titlegen.modeling import build_model
 from titlegen.recipes.rl import main as rl_main
 from titlegen.recipes.rl import rl
-from titlegen.rl import (
-    RLArguments,
-    batch_indices,
-    completion_mask,
-    compute_advantages,
-    encode,
-    frozen_copy,
-    kl_penalty,
-    ppo_clip_loss,
-    ppo_update,
-    repeated_bigram_share,
-    rouge_rewards,
-    sample_rollout,
-    title_logprobs,
-    title_statistics,
-    trainable_state,
-)
+from titlegen.rl.config import settings
+from titlegen.rl.losses import completion_mask, encode, kl_penalty, ppo_clip_loss, title_logprobs
+from titlegen.rl.reward import compute_advantages, repeated_bigram_share, rouge_rewards, title_statistics
+from titlegen.rl.rollout import batch_indices, frozen_copy, ppo_update, sample_rollout
 
 from .conftest import ARTICLES, ROOT, TINY_MODEL, f1, read_lines
 
@@ -384,11 +372,13 @@ def test_bad_input_is_reported_with_file_line_and_field(trained_dir, tmp_path, c
 
 def test_settings_are_checked():
     with pytest.raises(TitlegenError, match="num_return_sequences=1 is too small for leave_one_out"):
-        parse_args((RLArguments, DataArguments), ["--baseline", "leave_one_out", "--num_return_sequences", "1"])
+        parse_args(settings(), ["--baseline", "leave_one_out", "--num_return_sequences", "1"])
     with pytest.raises(TitlegenError, match="gamma must be in"):
-        parse_args((RLArguments, DataArguments), ["--gamma", "1.5"])
+        parse_args(settings(), ["--gamma", "1.5"])
     with pytest.raises(TitlegenError, match="not all 0"):
-        parse_args((RLArguments, DataArguments), ["--rouge_l_weight", "0"])
+        parse_args(settings(), ["--rouge_l_weight", "0"])
+    with pytest.raises(TitlegenError, match="cliprange must be at least 0"):
+        parse_args(settings(), ["--cliprange", "-1"])
 
 
 def test_help_needs_no_heavy_imports():
@@ -403,6 +393,6 @@ def test_help_needs_no_heavy_imports():
 def test_run_config_reruns_the_same_settings(trained_dir, tmp_path):
     out = tmp_path / "rl"
     rl(rl_args(trained_dir, out, "--max_steps", "1", "--beta", "0.1"))
-    again = parse_args((RLArguments, DataArguments), ["--config", str(out / "run_config.yaml")])
-    assert again[0].beta == 0.1 and again[0].model_name_or_path == str(trained_dir)
+    again = parse_args(settings(), ["--config", str(out / "run_config.yaml")])
+    assert again[0].beta == 0.1 and again[1].model_name_or_path == str(trained_dir)
     assert json.loads((out / "eval_results.json").read_text())["segmenter"] == "char"

@@ -3,8 +3,11 @@ import sentencepiece as spm
 from transformers import AutoTokenizer
 
 from titlegen import TitlegenError
+from titlegen.cli import tokenizer_main
 from titlegen.data import normalize_text
 from titlegen.tokenizer import train_tokenizer
+
+from .conftest import ARTICLES
 
 
 def test_special_token_ids_follow_mt5(tokenizer):
@@ -51,3 +54,16 @@ def test_unknown_tokenizer_type_and_too_small_char_vocabulary_are_refused(tmp_pa
         train_tokenizer(["新聞"] * 10, tmp_path, model_type="bpe")
     with pytest.raises(TitlegenError, match="tokenizer_vocab_size=200 leaves no room"):
         train_tokenizer(["新聞"] * 10, tmp_path, vocab_size=200, model_type="char")
+
+
+def test_the_tokenizer_command_takes_the_training_settings_names(tmp_path, capsys):
+    out = tmp_path / "tok"
+    args = [str(ARTICLES), "-o", str(out), "--tokenizer_vocab_size", "300", "--tokenizer_type", "char"]
+    assert tokenizer_main(args) == 0
+    assert (out / "tokenizer.json").is_file()
+    assert tokenizer_main([str(ARTICLES), "-o", str(tmp_path / "t2"), "--vocab_size", "300"]) == 2
+    assert capsys.readouterr().err.endswith(
+        "error: command line: unknown setting 'vocab_size' (did you mean 'tokenizer_vocab_size'?)\n"
+    )
+    assert tokenizer_main([str(ARTICLES), "-o", str(tmp_path / "t3"), "--tokenizer_type", "bpe"]) == 2
+    assert "error: command line: argument --tokenizer_type" in capsys.readouterr().err

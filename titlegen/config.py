@@ -292,7 +292,8 @@ TRANSFORMERS_RANGES: dict[str, dict[str, float]] = {
 }
 
 
-def _check_range(name: str, value: Any, bounds: Mapping[str, float], source: str) -> None:
+def check_range(name: str, value: Any, bounds: Mapping[str, float], source: str) -> None:
+    """Raises `TitlegenError` when a number lies outside `bounds` (``min``, ``min_exclusive``, ``max``)."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
     if "min" in bounds and value < bounds["min"]:
@@ -312,9 +313,14 @@ def check_ranges(instances: Sequence[Any], sources: Mapping[str, str] | None = N
     """
     for obj in instances:
         for f in dataclasses.fields(obj):
-            bounds = {k: v for k, v in f.metadata.items() if k in _RANGE_KEYS} or TRANSFORMERS_RANGES.get(f.name, {})
+            bounds = setting_range(f) or TRANSFORMERS_RANGES.get(f.name, {})
             source = (sources or {}).get(f.name, "command line")
-            _check_range(f.name, getattr(obj, f.name, None), bounds, source)
+            check_range(f.name, getattr(obj, f.name, None), bounds, source)
+
+
+def setting_range(setting: dataclasses.Field) -> dict[str, float]:
+    """The bounds a titlegen setting declares in its metadata."""
+    return {k: v for k, v in setting.metadata.items() if k in _RANGE_KEYS}
 
 
 _RANGE_KEYS = ("min", "min_exclusive", "max")
@@ -331,7 +337,7 @@ def _yaml_load(path: str) -> dict[str, Any]:
     try:
         values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise TitlegenError(f"{path}: not valid YAML: {err}") from err
+        raise TitlegenError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(values, dict):
         raise TitlegenError(f"{path}: a config must be a mapping of setting names to values")
     return values

@@ -1,7 +1,8 @@
 """Reading and writing the course's jsonl files.
 
 Every problem in an input file is reported with the file, the line number and the field, and every
-output file is written atomically: it appears complete or not at all.
+output file is written atomically: it appears complete or not at all, with the permissions the umask gives
+any new file.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def read_jsonl(
     Args:
         path: The file, one JSON object per line. Blank lines are skipped; a UTF-8 byte-order mark and
             CRLF line endings are accepted.
-        fields: Fields every record must have as non-empty strings. The id field may also be an
-            integer; it is returned as a string.
+        fields: Fields every record must have as non-empty strings of text (an unpaired surrogate
+            escape such as ``"\\ud800"`` is not text).
         id_field: The field that identifies a record; it must be unique within the file.
         may_be_empty: Fields of `fields` that may hold an empty or whitespace-only string.
 
@@ -81,12 +82,16 @@ def read_jsonl(
             if name not in record:
                 raise DataError(f"{path}:{lineno}: field '{name}' is missing")
             value = record[name]
-            if name == id_field and isinstance(value, int) and not isinstance(value, bool):
-                value = record[name] = str(value)
             if not isinstance(value, str):
                 raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}")
             if not value.strip() and name not in may_be_empty:
                 raise DataError(f"{path}:{lineno}: field '{name}' is empty")
+            surrogate = _unpaired_surrogate(value)
+            if surrogate is not None:
+                raise DataError(
+                    f"{path}:{lineno}: field '{name}' holds an unpaired surrogate \\u{ord(surrogate):04x} "
+                    f"(character {value.index(surrogate) + 1}), which is not text"
+                )
         if id_field in fields:
             key = record[id_field]
             if key in first_line_of_id:
@@ -100,6 +105,22 @@ def read_jsonl(
     return records
 
 
+def _unpaired_surrogate(text: str) -> str | None:
+    """The first lone UTF-16 surrogate in `text` (JSON's ``"\\ud800"`` decodes to one), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return text[err.start]
+    return None
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes `text` to `path` as UTF-8 through a temporary file in the same folder and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))
@@ -111,6 +132,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it private; the output is an ordinary file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -162,6 +184,7 @@ def atomic_output_dir(path: str | Path) -> Iterator[Path]:
         raise TitlegenError(f"{path} already exists; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the output is an ordinary folder
     try:
         yield tmp
         os.replace(tmp, path)  # replaces an empty folder too

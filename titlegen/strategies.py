@@ -11,11 +11,13 @@ A setting of a comparison grid is a mapping with a ``strategy`` and its override
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
 
 from titlegen import TitlegenError
+from titlegen.config import DecodingArguments, check_range, setting_range
 from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K
 
 # transformers' defaults for the arguments the presets use: one beam, no sampling, no penalties.
@@ -84,9 +86,11 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
     arguments = {**NEUTRAL, **STRATEGIES[strategy]} if strategy else {}
     arguments.update({name: value for name, value in overrides.items() if value is not None})
     known = GenerationConfig().to_dict()
-    for name in arguments:
+    ranges = {f.name: setting_range(f) for f in dataclasses.fields(DecodingArguments)}
+    for name, value in arguments.items():
         if name not in known and name != ARTICLE_TOKENS_ONLY:
             raise TitlegenError(f"{source}: '{name}' is not an argument of transformers' GenerationConfig")
+        check_range(name, value, ranges.get(name, {}), source)
     transformers_arguments = {k: v for k, v in arguments.items() if k != ARTICLE_TOKENS_ONLY}
     try:
         GenerationConfig(**transformers_arguments).validate(strict=True)
