@@ -388,7 +388,9 @@ def _training_switches(model, settings: dict) -> list[str]:
         halved = {"per_device_train_batch_size": batch // 2, "gradient_accumulation_steps": steps * 2}
         switches.append((halved, f"the same effective batch of {batch * steps}, half the activations"))
     if not settings["activation_checkpointing"]:
-        switches.append(({"activation_checkpointing": True}, "recompute layers in the backward pass: one more forward pass a step"))
+        switches.append(
+            ({"activation_checkpointing": True}, "recompute layers in the backward pass: one more forward a step")
+        )
     if not settings["bf16"]:
         switches.append(({"bf16": True}, "bfloat16 autocast, on GPUs that have it (not fp16: mT5 overflows)"))
     if settings["optim"] != "adafactor":
