@@ -49,18 +49,10 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from tqdm.auto import tqdm
     from transformers import DataCollatorForSeq2Seq, get_scheduler
 
+    from titlegen import lifecycle
     from titlegen.checkpoints import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state
     from titlegen.data import normalize_text, write_json, write_jsonl
     from titlegen.generation import title_generation_config
-    from titlegen.lifecycle import (
-        configure_process,
-        decoding_defaults,
-        load_model_folder,
-        prepare_run_dir,
-        read_training_data,
-        save_run_config,
-        start_logging,
-    )
     from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import count_parameters
@@ -77,15 +69,17 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         sample_rollout,
     )
 
-    start_logging()
+    lifecycle.start_logging()
     output_dir = Path(training_args.output_dir)
-    checkpoint = prepare_run_dir(output_dir, run_args.resume)
-    device = configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
-    train_records, eval_records = read_training_data(data_args, training_args.seed)
+    checkpoint = lifecycle.prepare_run_dir(output_dir, run_args.resume)
+    device = lifecycle.configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
+    train_records, eval_records = lifecycle.read_training_data(data_args, training_args.seed)
     text, summary = data_args.text_column, data_args.summary_column
-    start = load_model_folder(model_args.model_name_or_path)
+    start = lifecycle.load_model_folder(model_args.model_name_or_path)
     tokenizer, policy = start.tokenizer, start.model
-    save_run_config(output_dir, "titlegen-rl", args, model_args, lora_args, data_args, run_args, training_args)
+    lifecycle.save_run_config(
+        output_dir, "titlegen-rl", args, model_args, lora_args, data_args, run_args, training_args
+    )
 
     # The policy, and the frozen reference of the KL penalty (with LoRA: the policy without adapters).
     # Exactly max_new_tokens per title, in sampling, evaluation and the saved model's defaults. Validation and
@@ -93,7 +87,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     # decoded with beams is selected, and later used, with beams. The restriction to the article's tokens applies
     # there too; the titles sampled for training are not restricted, so that their log-probabilities are the
     # policy's own.
-    num_beams, restrict = decoding_defaults(
+    num_beams, restrict = lifecycle.decoding_defaults(
         policy, training_args.generation_num_beams, run_args.generation_article_tokens_only
     )
     policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams, restrict)

@@ -47,20 +47,11 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from datasets import concatenate_datasets
     from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
 
-    from titlegen import TitlegenError
+    from titlegen import TitlegenError, lifecycle
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
     from titlegen.data import write_jsonl
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
-    from titlegen.lifecycle import (
-        configure_process,
-        decoding_defaults,
-        load_model_folder,
-        prepare_run_dir,
-        read_training_data,
-        save_run_config,
-        start_logging,
-    )
     from titlegen.lora import add_lora, merge_adapter
     from titlegen.loss import title_loss
     from titlegen.memory import out_of_memory_advice, training_advice
@@ -81,20 +72,22 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         raise TitlegenError(
             "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
         )
-    start_logging()
+    lifecycle.start_logging()
     output_dir = Path(training_args.output_dir)
-    checkpoint = prepare_run_dir(output_dir, run_args.resume, training_args.should_save)
+    checkpoint = lifecycle.prepare_run_dir(output_dir, run_args.resume, training_args.should_save)
     wait_for_everyone()  # under a launcher, every process looks at output_dir before process 0 writes to it
-    configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
+    lifecycle.configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
 
     # Data: validated at the edge, with file and line in every error.
     columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
-    train_records, eval_records = read_training_data(data_args, training_args.seed)
+    train_records, eval_records = lifecycle.read_training_data(data_args, training_args.seed)
 
     # Tokenizer and model: pretrained, or built from a config with a tokenizer trained on this data.
     if model_args.model_name_or_path:
-        start = load_model_folder(model_args.model_name_or_path, model_args.cache_dir, model_args.tokenizer_name)
+        start = lifecycle.load_model_folder(
+            model_args.model_name_or_path, model_args.cache_dir, model_args.tokenizer_name
+        )
         tokenizer, model = start.tokenizer, start.model
     else:
         tokenizer_dir = output_dir / "tokenizer"
@@ -130,7 +123,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     # Titles of exactly max_target_length tokens at most, decoded as the settings (or the starting model) say.
-    num_beams, article_tokens_only = decoding_defaults(
+    num_beams, article_tokens_only = lifecycle.decoding_defaults(
         model, training_args.generation_num_beams, run_args.generation_article_tokens_only
     )
     generation_config = title_generation_config(model, data_args.max_target_length, num_beams, article_tokens_only)
@@ -138,7 +131,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
 
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
-        save_run_config(output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args)
+        lifecycle.save_run_config(
+            output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args
+        )
 
     tokenize = make_tokenize_fn(
         tokenizer,
