@@ -91,7 +91,9 @@ def main() -> None:
     rl(argv)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
 
-    rl_args, _, _, data_args, _, training_args = parse_args(rl_settings(), ["--config", str(out / "run_config.yaml")])
+    rl_args, _, _, _, data_args, _, training_args = parse_args(
+        rl_settings(), ["--config", str(out / "run_config.yaml")]
+    )
     decoded = GenerationConfig.from_pretrained(out)  # the decoding the RL run validated with
     num_beams, restrict = decoded.num_beams, is_article_tokens_only(decoded)
     settings = data_args.max_source_length, data_args.max_target_length, num_beams, restrict

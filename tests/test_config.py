@@ -104,3 +104,51 @@ def test_offline_lora_targets_layers_the_offline_model_has(tokenizer):
     model = build_model(offline_args.model_type, tokenizer, offline_args.config_overrides)
     layer_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     assert set(lora_args.lora_target_modules) <= layer_names
+
+
+def command_settings() -> dict[str, tuple[type, ...]]:
+    """The settings of every command that takes a --config or flags."""
+    from titlegen import cli
+    from titlegen.recipes import compare
+
+    return {
+        "titlegen-train": train.settings(),
+        "titlegen-rl": rl_config.settings(),
+        "titlegen-predict": predict.settings(),
+        "titlegen-compare": compare.settings(),
+        "titlegen-eval": (cli.EvalArguments,),
+        "titlegen-tokenizer": (cli.TokenizerFiles, cli.TextColumns),
+        "titlegen-merge": (cli.MergeArguments,),
+        "titlegen-prune-vocab": (cli.PruneArguments, cli.TextColumns),
+        "titlegen-plot": (cli.PlotArguments,),
+    }
+
+
+# Settings that share a name but not a meaning: the model a training run starts from and the model that writes
+# titles; what each command writes; and bf16 and seed, which transformers declares for training and the
+# generating commands for generation.
+SAME_NAME_OTHER_SETTING = {"model_name_or_path", "output_dir", "bf16", "seed"}
+
+
+def test_each_setting_is_declared_once():
+    """Wherever a setting appears, it has one type and one help text (`settings_from` may add a note to it)."""
+    import dataclasses
+    import types
+    import typing
+
+    def plain(kind) -> str:
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):
+            return " | ".join(plain(k) for k in typing.get_args(kind) if k is not type(None))
+        return getattr(kind, "__name__", str(kind))
+
+    found: dict[str, set[tuple[str, str]]] = {}
+    for settings in command_settings().values():
+        for kind in settings:
+            hints = typing.get_type_hints(kind)
+            for f in dataclasses.fields(kind):
+                found.setdefault(f.name, set()).add((plain(hints[f.name]), f.metadata.get("help", "")))
+    for name, declarations in found.items():
+        if name in SAME_NAME_OTHER_SETTING:
+            continue
+        shortest = min(declarations, key=lambda d: len(d[1]))
+        assert all(kind == shortest[0] and text.startswith(shortest[1]) for kind, text in declarations), name

@@ -394,5 +394,5 @@ def test_run_config_reruns_the_same_settings(trained_dir, tmp_path):
     out = tmp_path / "rl"
     rl(rl_args(trained_dir, out, "--max_steps", "1", "--beta", "0.1"))
     again = parse_args(settings(), ["--config", str(out / "run_config.yaml")])
-    assert again[0].beta == 0.1 and again[1].model_name_or_path == str(trained_dir)
+    assert again[0].beta == 0.1 and again[2].model_name_or_path == str(trained_dir)
     assert json.loads((out / "eval_results.json").read_text())["segmenter"] == "char"

@@ -27,13 +27,12 @@ from titlegen import TitlegenError
 
 @dataclass
 class ModelArguments:
-    """Which model and tokenizer to start from."""
+    """Which model and tokenizer to start from: a pretrained one, or (without model_name_or_path) a new one."""
 
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Hub id (e.g. google/mt5-small) or local folder of a pretrained seq2seq model to start from. "
-            "Leave empty to build a new, randomly initialised model from model_type and config_overrides.",
+            "help": "Hub id (e.g. google/mt5-small) or local folder of the seq2seq model to start from.",
             "aliases": ["--model"],
         },
     )
@@ -44,8 +43,8 @@ class ModelArguments:
     config_overrides: str | None = field(
         default=None,
         metadata={
-            "help": "Comma-separated key=value settings for a model built from scratch, "
-            "e.g. 'd_model=256,num_layers=4,num_heads=4'."
+            "help": "Comma-separated key=value settings for a model built from scratch (model_name_or_path "
+            "empty), e.g. 'd_model=256,num_layers=4,num_heads=4'."
         },
     )
     tokenizer_name: str | None = field(

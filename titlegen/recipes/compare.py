@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 class CompareArguments:
     """titlegen-compare's own settings."""
 
-    input_file: str = field(metadata={"help": "jsonl of articles with titles.", "aliases": ["--input"]})
     output_dir: str = field(metadata={"help": "Folder for the table, the chart and each setting's titles."})
     grid: str | None = field(
         default=None, metadata={"help": "YAML list of settings; without it, every strategy at two settings."}
@@ -36,10 +35,12 @@ class CompareArguments:
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-compare, in the order `compare` unpacks them."""
     from titlegen.config import DecodingArguments, GenerationArguments, RunArguments, settings_from
+    from titlegen.recipes.predict import PredictFiles
 
+    articles = settings_from(PredictFiles, ["input_file"], note="Their titles are the references.")
     segmenter = settings_from(RunArguments, ["segmenter"])
     longest = settings_from(DecodingArguments, ["max_new_tokens"], note="Default: as trained.")
-    return GenerationArguments, CompareArguments, segmenter, longest
+    return GenerationArguments, articles, CompareArguments, segmenter, longest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def compare(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.config import parse_args
 
-    args, compare_args, scoring, decoding = parse_args(settings(), argv, description=__doc__)
+    args, files, compare_args, scoring, decoding = parse_args(settings(), argv, description=__doc__)
 
     import time
     from pathlib import Path
@@ -84,7 +85,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     segmenter = get_segmenter(scoring.segmenter)
     trained = trained_settings(args.model_name_or_path)
     columns = (trained["id_column"], trained["text_column"], trained["summary_column"])
-    records = read_jsonl(compare_args.input_file, fields=columns, id_field=columns[0])[: compare_args.limit]
+    records = read_jsonl(files.input_file, fields=columns, id_field=columns[0])[: compare_args.limit]
     articles = [r[columns[1]] for r in records]
     references = [r[columns[2]] for r in records]
 
@@ -125,7 +126,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     report = markdown_report(
         rows,
         compare_args.metric,
-        heading=f"Decoding strategies on {Path(compare_args.input_file).name}",
+        heading=f"Decoding strategies on {Path(files.input_file).name}",
         notes=[
             f"model: {args.model_name_or_path}; {len(records)} articles; seed {args.seed}"
             + ("; bf16" if args.bf16 else ""),
@@ -139,7 +140,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         rows,
         output_dir / "comparison.png",
         best=best["setting"],
-        title=f"{Path(args.model_name_or_path).name} on {Path(compare_args.input_file).name} ({len(records)} articles)",
+        title=f"{Path(args.model_name_or_path).name} on {Path(files.input_file).name} ({len(records)} articles)",
     )
     print(report)
     print(f"wrote {output_dir}/comparison.md, comparison.csv, comparison.png and {len(rows)} prediction files")

@@ -34,13 +34,14 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen.rl.config import check_settings, settings
 
     parsed = parse_args(settings(), argv, description=__doc__)
-    if parsed[1].model_name_or_path:
+    starting_model = parsed[2].model_name_or_path
+    if starting_model:
         # Articles and titles as the starting model was trained on them, unless the config says otherwise.
-        trained = trained_settings(parsed[1].model_name_or_path)
+        trained = trained_settings(starting_model)
         defaults = {key: trained[key] for key in TRAINED_DATA_SETTINGS}
         parsed = parse_args(settings(), argv, description=__doc__, defaults=defaults)
-    args, model_args, lora_args, data_args, run_args, training_args = parsed
-    check_settings(model_args, run_args, training_args)
+    args, sampling, model_args, lora_args, data_args, run_args, training_args = parsed
+    check_settings(model_args, data_args, run_args, training_args)
     # Heavy imports after parsing, so that --help answers at once.
     import functools
 
@@ -78,7 +79,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     start = lifecycle.load_model_folder(model_args.model_name_or_path)
     tokenizer, policy = start.tokenizer, start.model
     lifecycle.save_run_config(
-        output_dir, "titlegen-rl", args, model_args, lora_args, data_args, run_args, training_args
+        output_dir, "titlegen-rl", args, sampling, model_args, lora_args, data_args, run_args, training_args
     )
 
     # The policy, and the frozen reference of the KL penalty (with LoRA: the policy without adapters).
@@ -163,12 +164,12 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         rollout = sample_rollout(
             policy, tokenizer, batch, [references[i] for i in indices], reward_fn,
             num_return_sequences=args.num_return_sequences, baseline=args.baseline,
-            max_new_tokens=data_args.max_target_length, temperature=args.temperature, top_k=args.top_k,
-            top_p=args.top_p, with_reference=args.beta > 0, reference_model=reference, bf16=training_args.bf16,
+            max_new_tokens=data_args.max_target_length, temperature=sampling.temperature, top_k=sampling.top_k,
+            top_p=sampling.top_p, with_reference=args.beta > 0, reference_model=reference, bf16=training_args.bf16,
         )  # fmt: skip
         losses = ppo_update(
             policy, optimizer, batch, rollout, ppo_epochs=args.ppo_epochs, cliprange=args.cliprange,
-            beta=args.beta, gamma=args.gamma, temperature=args.temperature,
+            beta=args.beta, gamma=args.gamma, temperature=sampling.temperature,
             max_grad_norm=training_args.max_grad_norm, bf16=training_args.bf16,
         )  # fmt: skip
         learning_rate = scheduler.get_last_lr()[0]

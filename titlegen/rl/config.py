@@ -24,6 +24,8 @@ TRAINING_DEFAULTS = {
     "eval_steps": 50,
     "per_device_eval_batch_size": 32,
 }
+# The rollouts sample from the whole distribution unless told otherwise.
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
 # The reward scores every sampled title: a segmenter that loads a neural model (ckip) would dominate each step.
 REWARD_SEGMENTERS = ("char", "jieba")
 
@@ -34,12 +36,6 @@ class RLArguments:
 
     # Sampling
     num_return_sequences: int = field(default=4, metadata={"help": "K: titles sampled per article and step.", "min": 1})
-    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature for sampling.", "min_exclusive": 0})
-    top_k: int = field(default=0, metadata={"help": "Sample from the k likeliest tokens (0: all).", "min": 0})
-    top_p: float = field(
-        default=1.0,
-        metadata={"help": "Sample from the smallest set of tokens of mass p.", "min_exclusive": 0, "max": 1},
-    )
     baseline: Literal["greedy", "leave_one_out"] = field(
         default="greedy",
         metadata={"help": "greedy: the greedy title's reward (SCST); leave_one_out: mean reward of the other K-1."},
@@ -87,25 +83,36 @@ class RLArguments:
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-rl, in the order the recipe unpacks them.
 
-    `RLArguments`; the starting model (``model_name_or_path``, alias ``--model``), LoRA, data and run settings
-    as titlegen-train declares them; and the training-loop settings of `TRAINING_SETTINGS`.
+    `RLArguments`; the sampling of the rollouts as titlegen-predict declares it; the starting model
+    (``model_name_or_path``, alias ``--model``), LoRA, data and run settings as titlegen-train declares them;
+    and the training-loop settings of `TRAINING_SETTINGS`.
     """
     from transformers import Seq2SeqTrainingArguments
 
-    from titlegen.config import DataArguments, LoraArguments, ModelArguments, RunArguments, settings_from
+    from titlegen.config import (
+        DataArguments,
+        DecodingArguments,
+        LoraArguments,
+        ModelArguments,
+        RunArguments,
+        settings_from,
+    )
 
+    sampling = settings_from(DecodingArguments, ["temperature", "top_k", "top_p"], **SAMPLING_DEFAULTS)
     starting_model = settings_from(ModelArguments, ["model_name_or_path"])
     training = settings_from(Seq2SeqTrainingArguments, TRAINING_SETTINGS, **TRAINING_DEFAULTS)
-    return RLArguments, starting_model, LoraArguments, DataArguments, RunArguments, training
+    return RLArguments, sampling, starting_model, LoraArguments, DataArguments, RunArguments, training
 
 
-def check_settings(model_args, run_args, training_args) -> None:
+def check_settings(model_args, data_args, run_args, training_args) -> None:
     """Refuses the combinations of shared settings that an RL run cannot honour."""
     if not model_args.model_name_or_path:
         raise TitlegenError("model_name_or_path is not set (pass --model DIR, a supervised model folder)")
     if run_args.segmenter not in REWARD_SEGMENTERS:
         choices = ", ".join(REWARD_SEGMENTERS)
         raise TitlegenError(f"segmenter {run_args.segmenter!r}: the reward needs a fast segmenter, one of {choices}")
+    if data_args.lead_pairs:
+        raise TitlegenError("lead_pairs: RL trains on the reference titles only; set it to 0")
     if training_args.max_steps < 1:
         raise TitlegenError(f"max_steps must be at least 1 for an RL run, got {training_args.max_steps}")
 
