@@ -31,7 +31,18 @@ class CompareArguments:
     segmenter: str = field(default="char", metadata={"help": "Word segmenter for ROUGE: char, jieba, ckip or auto."})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title (default: as trained)."})
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
-    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
+    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast (transformers backend)."})
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "transformers, ct2 (a titlegen-export folder, decoded by CTranslate2), or auto: by the folder.",
+            "choices": ["auto", "transformers", "ct2"],
+        },
+    )
+    compute_type: str | None = field(
+        default=None, metadata={"help": "ct2 backend: CTranslate2 compute type (default: int8 on CPU as exported)."}
+    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: the library's choice)."})
     seed: int = field(default=42, metadata={"help": "Seed for the sampling strategies."})
 
 
@@ -49,14 +60,12 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     import time
     from pathlib import Path
 
-    import torch
-
     from titlegen import TitlegenError
     from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
-    from titlegen.generation import generate_titles
+    from titlegen.engines import load_engine, resolve_backend
     from titlegen.metrics import get_segmenter
-    from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
+    from titlegen.modeling import trained_settings
     from titlegen.plotting import plot_comparison
     from titlegen.strategies import (
         DEFAULT_GRID,
@@ -72,27 +81,29 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     if args.limit is not None and args.limit < 1:
         raise TitlegenError(f"--limit {args.limit}: compare at least 1 article")
     segmenter = get_segmenter(args.segmenter)
+    resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     trained = trained_settings(args.model_name_or_path)
     columns = (trained["id_column"], trained["text_column"], trained["summary_column"])
     records = read_jsonl(args.input_file, fields=columns, id_field=columns[0])[: args.limit]
     articles = [r[columns[1]] for r in records]
     references = [r[columns[2]] for r in records]
 
-    if not torch.cuda.is_available():
-        configure_cpu()
-    tokenizer = load_tokenizer(args.model_name_or_path)
-    model = load_model(args.model_name_or_path)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    engine = load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )
     options = dict(
         batch_size=args.batch_size,
         max_source_length=trained["max_source_length"],
         source_prefix=trained["source_prefix"],
-        bf16=args.bf16,
         seed=args.seed,
     )
+    for setting in grid:  # a setting the engine cannot honour fails before any work
+        try:
+            engine.check_decoding(seed=args.seed, **decoding_arguments(**setting))
+        except TitlegenError as err:
+            raise TitlegenError(f"setting '{setting_name(setting)}': {err} (or leave it out with --grid)") from err
     # A first generate call pays one-time costs; make it here, so that the first setting's speed is comparable.
-    generate_titles(model, tokenizer, articles[:2], progress=False, max_new_tokens=2, **options)
+    engine.generate_titles(articles[:2], progress=False, max_new_tokens=2, **options)
 
     output_dir = Path(args.output_dir)
     save_grid(output_dir / "grid.yaml", grid)
@@ -104,7 +115,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         if args.max_new_tokens:
             arguments.setdefault("max_new_tokens", args.max_new_tokens)
         start = time.perf_counter()
-        titles = generate_titles(model, tokenizer, articles, **options, **arguments)
+        titles = engine.generate_titles(articles, **options, **arguments)
         seconds = time.perf_counter() - start
         write_jsonl(
             output_dir / "predictions" / setting_filename(setting),
@@ -120,7 +131,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         heading=f"Decoding strategies on {Path(args.input_file).name}",
         notes=[
             f"model: {args.model_name_or_path}; {len(records)} articles; seed {args.seed}"
-            + ("; bf16" if args.bf16 else ""),
+            + ("; bf16" if args.bf16 else "")
+            + (f"; CTranslate2, {engine.compute_type} on {engine.device}" if engine.backend == "ct2" else ""),
             f"ROUGE: tw_rouge with the {segmenter.name} segmenter; references are {mean_reference:.1f} characters long",
             f"titles: predictions/<setting>.jsonl; settings: grid.yaml (rerun with --grid {output_dir}/grid.yaml)",
         ],

@@ -10,6 +10,7 @@ the missing titles are generated. Preprocessing
 (max_source_length, source_prefix, column names) follows the model's run_config.yaml when it has one;
 decoding follows the model's generation_config.json, or a --strategy preset, and any flag below overrides
 either. Sampling is seeded per article: the same command gives the same titles, in any batch size.
+A folder written by titlegen-export is decoded by CTranslate2 (--backend auto tells by the folder).
 """
 
 from __future__ import annotations
@@ -33,7 +34,18 @@ class PredictArguments:
     source_prefix: str | None = field(default=None, metadata={"help": "Prefix (default: as trained)."})
     max_source_length: int | None = field(default=None, metadata={"help": "Input tokens (default: as trained)."})
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call."})
-    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
+    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast (transformers backend)."})
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "transformers, ct2 (a titlegen-export folder, decoded by CTranslate2), or auto: by the folder.",
+            "choices": ["auto", "transformers", "ct2"],
+        },
+    )
+    compute_type: str | None = field(
+        default=None, metadata={"help": "ct2 backend: CTranslate2 compute type (default: int8 on CPU as exported)."}
+    )
+    threads: int | None = field(default=None, metadata={"help": "CPU threads (default: the library's choice)."})
     seed: int = field(default=42, metadata={"help": "Seed for sampling; a title depends only on it and its article."})
     strategy: str | None = field(
         default=None,
@@ -70,30 +82,27 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
 
     (args,) = parse_args((PredictArguments,), argv, description=__doc__)
 
-    import torch
     from transformers import set_seed
 
     from titlegen.data import check_distinct_paths, read_jsonl
-    from titlegen.generation import generate_titles
+    from titlegen.engines import load_engine, resolve_backend
     from titlegen.memory import generation_advice, out_of_memory_advice
-    from titlegen.modeling import configure_cpu, load_model, load_tokenizer, trained_settings
+    from titlegen.modeling import trained_settings
     from titlegen.progress import PredictionProgress, run_fingerprint
     from titlegen.strategies import decoding_arguments
 
     check_distinct_paths(args.input_file, args.output_file)
+    resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     generate_kwargs = decoding_arguments(args.strategy, **{name: getattr(args, name) for name in GENERATE_FLAGS})
     trained = trained_settings(args.model_name_or_path)
     text_column = args.text_column or trained["text_column"]
     id_column = args.id_column or trained["id_column"]
     records = read_jsonl(args.input_file, fields=(id_column, text_column), id_field=id_column)
 
-    if not torch.cuda.is_available():
-        configure_cpu()
     set_seed(args.seed)
-    tokenizer = load_tokenizer(args.model_name_or_path)
-    model = load_model(args.model_name_or_path)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    engine = load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     settings = {k: v for k, v in vars(args).items() if k != "output_file"}
     model_files = [p for p in Path(args.model_name_or_path).glob("*") if p.is_file()]
@@ -107,16 +116,13 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
         progress.append({"title": t, "id": records[i][id_column]} for i, t in zip(indices, batch_titles, strict=True))
 
     max_source_length = args.max_source_length or trained["max_source_length"]
-    num_beams = generate_kwargs.get("num_beams", model.generation_config.num_beams)
+    num_beams = generate_kwargs.get("num_beams", engine.generation_config.num_beams)
     with out_of_memory_advice(generation_advice, args.batch_size, num_beams, args.bf16, max_source_length):
-        titles = generate_titles(
-            model,
-            tokenizer,
+        titles = engine.generate_titles(
             [r[text_column] for r in records],
             batch_size=args.batch_size,
             max_source_length=max_source_length,
             source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
-            bf16=args.bf16,
             done=done,
             on_batch=save_batch,
             seed=args.seed,

@@ -202,3 +202,38 @@ def _estimate(argv: Sequence[str] | None) -> None:
 def estimate_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-estimate --config FILE [--key value ...]``: the memory a training config needs."""
     return run(_estimate, argv)
+
+
+def _export(argv: Sequence[str] | None) -> dict:
+    from titlegen.engines.ct2 import DEFAULT_QUANTIZATION, QUANTIZATIONS
+
+    parser = argparse.ArgumentParser(
+        prog="titlegen-export",
+        allow_abbrev=False,
+        description="Export a model folder (or a LoRA adapter, merged first) to CTranslate2, with its tokenizer, "
+        "generation settings and run_config.yaml: titlegen-predict, titlegen-compare and run.sh decode the folder "
+        "with CTranslate2. The export's log-probabilities are checked against the model's before it is written.",
+    )
+    parser.add_argument("model_dir", help="model folder (or hub id), or LoRA adapter folder")
+    parser.add_argument("-o", "--output_dir", required=True, help="folder to write (must not exist)")
+    parser.add_argument(
+        "--quantization",
+        default=DEFAULT_QUANTIZATION,
+        choices=QUANTIZATIONS,
+        help=f"weight type (default: {DEFAULT_QUANTIZATION}, the fastest on CPU; float16 or bfloat16 for GPUs)",
+    )
+    args = parser.parse_args(argv)
+
+    from titlegen.engines.ct2 import export_model
+
+    info = export_model(args.model_dir, args.output_dir, args.quantization)
+    print(
+        f"wrote {args.output_dir}: {info['model_type']} in {info['quantization']}, log-probabilities within "
+        f"{info['log_prob_error']:.2g} of the model's per token"
+    )
+    return info
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-export MODEL_DIR -o OUT [--quantization int8|...]``: a CTranslate2 model titlegen can decode."""
+    return run(_export, argv)

@@ -36,6 +36,10 @@ class Engine(Protocol):
         """Titles in the order of `articles`; `options` as for `titlegen.generation.generate_titles`."""
         ...
 
+    def check_decoding(self, seed: int | None = None, **generate_kwargs) -> None:
+        """Raises `TitlegenError` for generate arguments this engine cannot honour, before any work."""
+        ...
+
 
 def is_export(model_dir: str | Path) -> bool:
     """Whether a folder is a CTranslate2 export written by ``titlegen-export``."""
@@ -121,6 +125,9 @@ class TransformersEngine:
     @property
     def generation_config(self):
         return self.model.generation_config
+
+    def check_decoding(self, seed: int | None = None, **generate_kwargs) -> None:
+        """transformers honours every generate argument (`titlegen.strategies` has checked them)."""
 
     def generate_titles(self, articles: Sequence[str], **options) -> list[str]:
         from titlegen.generation import generate_titles

@@ -373,6 +373,10 @@ class CT2Engine:
             options["suppress_sequences"] = [[self.vocabulary[i] for i in ids] for ids in options.pop("bad_words_ids")]
         return options, bool(restrict)
 
+    def check_decoding(self, seed: int | None = None, **generate_kwargs) -> None:
+        """Raises `TitlegenError` for generate arguments CTranslate2 cannot honour (see `decoding`)."""
+        self.decoding(seed, **generate_kwargs)
+
     def generate_titles(
         self,
         articles: Sequence[str],
