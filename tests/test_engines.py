@@ -330,3 +330,25 @@ def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_
         expected = TransformersEngine(str(tmp_path / folder), threads=1).generate_titles(TEXTS, progress=False)
         assert titles[folder] == expected, folder
     assert titles["adapter"] != TransformersEngine(str(model_dir)).generate_titles(TEXTS, progress=False), "merged"
+
+
+def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkeypatch):
+    from recipes.train import train
+    from titlegen.modeling import trained_settings
+
+    from .conftest import tiny_train_args
+
+    calls = []
+    generate_ids = CT2Engine.generate_ids
+    monkeypatch.setattr(CT2Engine, "generate_ids", lambda self, *a: calls.append(a) or generate_ids(self, *a))
+    run = tmp_path / "run"
+    train(tiny_train_args(run, "--generation_backend", "ct2", "--generation_num_beams", "2", "--num_train_epochs", "1"))
+    assert len(calls) == 2, "the evaluation and the final prediction, a batch each"
+    assert "eval_rouge-l" in json.loads((run / "eval_results.json").read_text())
+    titles = [r["title"] for r in read_lines(run / "eval_predictions.jsonl")]
+    max_source_length = trained_settings(str(run))["max_source_length"]
+    expected = TransformersEngine(str(run)).generate_titles(
+        [r["maintext"] for r in RECORDS], progress=False, max_source_length=max_source_length
+    )
+    same = sum(a == b for a, b in zip(titles, expected, strict=True))
+    assert same >= len(RECORDS) // 2, "the titles of transformers, but where int8 compute on CPU changes one"

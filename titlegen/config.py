@@ -146,6 +146,14 @@ class RunArguments:
             "saved model's default: fewer miscopied characters for a small model trained from scratch."
         },
     )
+    generation_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "What writes the titles of each evaluation: transformers' generate, or ct2 (the model exported "
+            "to CTranslate2 at each evaluation, int8 on CPU; README, CTranslate2).",
+            "choices": ["transformers", "ct2"],
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None,
         metadata={"help": "Stop after this many evaluations without improvement of the best metric."},

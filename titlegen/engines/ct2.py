@@ -24,12 +24,13 @@ What CTranslate2 4.8.5 gets wrong or cannot do, and what titlegen does about it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
@@ -90,7 +91,7 @@ def export_model(model_dir: str | Path, output_dir: str | Path, quantization: st
         TitlegenError: for an unknown quantization, a model CTranslate2 cannot convert, or an export whose
             log-probabilities are not the model's.
     """
-    from titlegen.data import atomic_output_dir, write_json
+    from titlegen.data import atomic_output_dir
     from titlegen.modeling import load_model, load_tokenizer
 
     if quantization not in QUANTIZATIONS:
@@ -100,30 +101,68 @@ def export_model(model_dir: str | Path, output_dir: str | Path, quantization: st
     with atomic_output_dir(output_dir) as tmp:  # refuses an existing output before any work
         tokenizer = load_tokenizer(str(model_dir))
         model = load_model(str(model_dir)).float().eval()
-        probe = LogProbProbe(model, tokenizer)  # before converting: quantization rounds the model's own tensors
-        _converter(model, tokenizer).convert(str(tmp), quantization=quantization, force=True)
-        tokenizer.save_pretrained(tmp)
-        model.generation_config.save_pretrained(tmp)
+        info = write_export(model, tokenizer, tmp, quantization, source=str(model_dir))
         if (Path(model_dir) / "run_config.yaml").is_file():
             shutil.copyfile(Path(model_dir) / "run_config.yaml", tmp / "run_config.yaml")
-        error = probe.error(tmp)
-        tolerance = LOG_PROB_TOLERANCE.get(quantization, QUANTIZED_LOG_PROB_TOLERANCE)
-        if not error <= tolerance:
-            raise TitlegenError(
-                f"{model_dir}: the {quantization} export's log-probabilities differ from the model's by up to "
-                f"{error:.3g} per token (at most {tolerance} expected); CTranslate2 does not convert this model "
-                "faithfully"
-            )
-        info = {
-            "format": EXPORT_FORMAT,
-            "source": str(model_dir),
-            "model_type": model.config.model_type,
-            "quantization": quantization,
-            "log_prob_error": error,
-            "ctranslate2": _ctranslate2_version(),
-        }
-        write_json(tmp / EXPORT_MARKER, info)
     return info
+
+
+def write_export(model, tokenizer, folder: str | Path, quantization: str, source: str) -> dict:
+    """Writes a loaded model (float32, on CPU) as a CTranslate2 export into an empty `folder`.
+
+    Quantizing rounds the model's own tensors in place: give it a model that is not used afterwards.
+
+    Returns:
+        What ``titlegen_export.json`` holds.
+    """
+    from titlegen.data import write_json
+
+    probe = LogProbProbe(model, tokenizer)  # before converting: quantization rounds the model's tensors
+    _converter(model, tokenizer).convert(str(folder), quantization=quantization, force=True)
+    tokenizer.save_pretrained(folder)
+    model.generation_config.save_pretrained(folder)
+    error = probe.error(folder)
+    tolerance = LOG_PROB_TOLERANCE.get(quantization, QUANTIZED_LOG_PROB_TOLERANCE)
+    if not error <= tolerance:
+        raise TitlegenError(
+            f"{source}: the {quantization} export's log-probabilities differ from the model's by up to "
+            f"{error:.3g} per token (at most {tolerance} expected); CTranslate2 does not convert this model "
+            "faithfully"
+        )
+    info = {
+        "format": EXPORT_FORMAT,
+        "source": source,
+        "model_type": model.config.model_type,
+        "quantization": quantization,
+        "log_prob_error": error,
+        "ctranslate2": _ctranslate2_version(),
+    }
+    write_json(Path(folder) / EXPORT_MARKER, info)
+    return info
+
+
+@contextlib.contextmanager
+def training_engine(model, tokenizer) -> Iterator[CT2Engine]:
+    """A CTranslate2 engine of a model in training, for one evaluation.
+
+    A float32 copy of the weights (a LoRA model's adapters merged into it) is exported to a temporary folder
+    and loaded in int8 compute on CPU (as ``titlegen-export``'s default), in half precision on a GPU.
+    """
+    import tempfile
+
+    import torch
+    from accelerate.utils import extract_model_from_parallel
+
+    # Under mixed precision, accelerate wraps the model's forward in autocast; the copy's is unwrapped.
+    snapshot = extract_model_from_parallel(copy.deepcopy(model), keep_fp32_wrapper=False)
+    if hasattr(snapshot, "merge_and_unload"):  # a peft model
+        snapshot = snapshot.merge_and_unload()
+    snapshot = snapshot.to(device="cpu", dtype=torch.float32).eval()
+    with tempfile.TemporaryDirectory(prefix="titlegen-ct2-") as folder:
+        write_export(snapshot, tokenizer, folder, "float32", source="the model in training")
+        del snapshot
+        device = choose_device()
+        yield CT2Engine(folder, device=device, compute_type="int8" if device == "cpu" else None)
 
 
 def _ctranslate2_version() -> str:
@@ -346,6 +385,7 @@ class CT2Engine:
         self.threads = threads
         self.translator = self._load_translator(self.compute_type)
         self.vocabulary = json.loads((self.model_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
+        self.token_ids = {token: i for i, token in enumerate(self.vocabulary)}
 
     def _load_translator(self, compute_type: str):
         import ctranslate2
@@ -400,7 +440,6 @@ class CT2Engine:
         options, restrict = self.decoding(seed, **generate_kwargs)
         texts = source_texts(list(articles), source_prefix)
         encoded = self.tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"]
-        sources = [self.tokenizer.convert_ids_to_tokens(ids) for ids in encoded]
         batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
         done = done or {}
         titles: list[str | None] = [done.get(i) for i in range(len(texts))]
@@ -408,15 +447,7 @@ class CT2Engine:
         skipped = len(texts) - sum(len(batch) for batch in todo)
         with tqdm(total=len(texts), initial=skipped, desc="generating", unit="title", disable=not progress) as bar:
             for batch in todo:
-                if restrict:
-                    # CTranslate2 suppresses tokens for a whole call, so each article is a call of its own.
-                    hypotheses = [
-                        self._translate([sources[i]], self._outside_article(encoded[i], options), options)[0]
-                        for i in batch
-                    ]
-                else:
-                    hypotheses = self._translate([sources[i] for i in batch], [], options)
-                ids = [self.tokenizer.convert_tokens_to_ids(tokens) for tokens in hypotheses]
+                ids = self.generate_ids([encoded[i] for i in batch], options, restrict)
                 batch_titles = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
                 for i, title in zip(batch, batch_titles, strict=True):
                     titles[i] = title
@@ -424,6 +455,25 @@ class CT2Engine:
                     on_batch(batch, batch_titles)
                 bar.update(len(batch))
         return titles
+
+    def generate_ids(self, encoded: Sequence[Sequence[int]], options: Mapping, restrict: bool) -> list[list[int]]:
+        """The title token ids (without end-of-title) for one batch of article token ids.
+
+        Args:
+            encoded: Token ids of each article, without padding.
+            options: CTranslate2 options, as `decoding` returns them.
+            restrict: Keep each title to its article's tokens.
+        """
+        sources = [[self.vocabulary[i] for i in ids] for ids in encoded]
+        if restrict:
+            # CTranslate2 suppresses tokens for a whole call, so each article is a call of its own.
+            hypotheses = [
+                self._translate([source], self._outside_article(ids, options), options)[0]
+                for source, ids in zip(sources, encoded, strict=True)
+            ]
+        else:
+            hypotheses = self._translate(sources, [], options)
+        return [[self.token_ids[token] for token in tokens] for tokens in hypotheses]
 
     def _outside_article(self, article_ids: Sequence[int], options: Mapping) -> list[list[str]]:
         """Every token but the article's own and end-of-title, as single-token sequences to suppress."""
