@@ -22,11 +22,12 @@ them alike; the table shows the median. Wall-clock titles/s is what users see; t
 steadier when other programs share the cores.
 
 Quality. A trained model (--quality_model; by default ``outputs/bench/predict_speed/model``, trained here with
-``trainer_args/tiny_offline.yaml`` for --quality_steps steps, about its 4 epochs, when it does not exist) titles the LCSTS validation
-file with transformers (fp32) and with its CTranslate2 exports (float32, int8), greedily, with 4 beams, and with 4
-beams and article tokens only (that model's own decoding); the table gives tw_rouge (char segmenter), titles/s
-of one run, and the titles identical to transformers'. It also times the exports: what evaluation during
-training would pay for using CTranslate2.
+``trainer_args/tiny_offline.yaml`` for --quality_steps steps, about its 4 epochs, when it does not exist) titles
+the LCSTS validation file with transformers (fp32) and with its CTranslate2 exports (float32, int8), greedily,
+with 4 beams, and with 4 beams and article tokens only (that model's own decoding); the table gives tw_rouge (char
+segmenter), titles/s of one run, and the titles identical to transformers'. It also times the exports, and an
+evaluation during training both ways (the model's first max_eval_samples validation articles, its own decoding,
+batch 64; CTranslate2 with the export of the weights included), --repeats times in turn.
 
 Writes bench/results/predict_speed.json and predict_speed.png (titles/s by configuration).
 """
@@ -212,7 +213,31 @@ def quality(args, workdir: Path) -> tuple[list[list], dict]:
                 decoding, name, scores["rouge-1"], scores["rouge-2"], scores["rouge-l"],
                 len(articles) / seconds[decoding, name], f"{same}/{len(articles)}",
             ])  # fmt: skip
-    return rows, {"model": str(model_dir), "articles": len(articles), "export_seconds": export_seconds}
+    evaluation = evaluation_seconds(model_dir, articles[: settings["max_eval_samples"] or 200], settings, args.repeats)
+    details = {"articles": len(articles), "export_seconds": export_seconds, "evaluation_seconds": evaluation}
+    return rows, {"model": str(model_dir), **details}
+
+
+def evaluation_seconds(model_dir: Path, articles: list[str], settings: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of one evaluation's titles during training, as `titlegen.trainer.TitleTrainer` writes them:
+    transformers' generate, or CTranslate2 with the export of the weights included (``generation_backend``)."""
+    from titlegen.engines.ct2 import training_engine
+    from titlegen.generation import generate_titles
+    from titlegen.modeling import load_model, load_tokenizer
+
+    model, tokenizer = load_model(str(model_dir)).eval(), load_tokenizer(str(model_dir))
+    options = {"batch_size": 64, "progress": False, "max_source_length": settings["max_source_length"]}
+    seconds: dict[str, list[float]] = {"transformers": [], "ct2": []}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generate_titles(model, tokenizer, articles, **options)
+        seconds["transformers"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        with training_engine(model, tokenizer) as engine:
+            engine.generate_titles(articles, **options)
+        seconds["ct2"].append(time.perf_counter() - start)
+    print(f"evaluation of {len(articles)} articles: {seconds}", flush=True)
+    return seconds
 
 
 def plot(rows: list[list], path: Path, title: str) -> None:
@@ -285,6 +310,11 @@ def main() -> None:
     )
     print(
         markdown_table(["decoding", "engine", "ROUGE-1", "ROUGE-2", "ROUGE-L", "titles/s", "same titles"], quality_rows)
+    )
+    evaluation = {name: statistics.median(values) for name, values in quality_details["evaluation_seconds"].items()}
+    print(
+        f"an evaluation during training (the model's own decoding): transformers {evaluation['transformers']:.1f} s, "
+        f"ct2 {evaluation['ct2']:.1f} s with the export (medians)"
     )
     for decoding in dict.fromkeys(r[0] for r in quality_rows):
         by_engine = {r[1]: r for r in quality_rows if r[0] == decoding}

@@ -352,3 +352,23 @@ def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkey
     )
     same = sum(a == b for a, b in zip(titles, expected, strict=True))
     assert same >= len(RECORDS) // 2, "the titles of transformers, but where int8 compute on CPU changes one"
+
+
+def test_export_command(model_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from titlegen.cli import export_main
+
+    from .conftest import ROOT
+
+    code = (
+        "import sys\nfrom titlegen.cli import export_main\n"
+        "try:\n    export_main(['--help'])\nexcept SystemExit:\n    assert 'torch' not in sys.modules, 'heavy import'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and "--quantization" in result.stdout, result.stderr
+    assert export_main([str(model_dir), "-o", str(tmp_path / "out"), "--quantization", "float32"]) == 0
+    assert "in float32, log-probabilities within" in capsys.readouterr().out
+    assert export_main([str(model_dir), "-o", str(tmp_path / "out")]) == 2
+    assert "already exists; choose another output folder" in capsys.readouterr().err
