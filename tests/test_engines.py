@@ -189,7 +189,8 @@ def test_every_preset_is_mapped_or_refused(float32, strategy):
     [({"typical_p": 0.5, "do_sample": True}, "typical_p=0.5"), ({"num_return_sequences": 2, "num_beams": 2},
      "num_return_sequences=2"), ({"min_p": 0.1, "do_sample": True}, "min_p=0.1"),
      ({"early_stopping": "never", "num_beams": 2}, "early_stopping='never'"),
-     ({"do_sample": True, "num_beams": 2}, "cannot sample within beam search")],
+     ({"do_sample": True, "num_beams": 2}, "cannot sample within beam search"),
+     ({"logits_processor": []}, "cannot honour logits_processor")],
 )  # fmt: skip
 def test_arguments_the_engine_cannot_honour_are_refused(float32, arguments, refused):
     with pytest.raises(TitlegenError, match=refused.replace("(", r"\(")):

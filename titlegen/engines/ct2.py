@@ -402,7 +402,11 @@ class CT2Engine:
         """
         config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
         restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, is_article_tokens_only(config))
-        config.update(**generate_kwargs)
+        unknown = config.update(**generate_kwargs)  # what is not a GenerationConfig setting (e.g. logits_processor)
+        if unknown:
+            raise TitlegenError(
+                f"the ct2 backend cannot honour {', '.join(sorted(unknown))}; use --backend transformers"
+            )
         options = translate_options(config)
         if is_sampling(options) and seed is not None:
             raise TitlegenError(
