@@ -103,6 +103,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     engine = load_engine(
         args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
     )
+    engine.check_decoding(seed=args.seed, **generate_kwargs)  # before anything is written
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     settings = {k: v for k, v in vars(args).items() if k != "output_file"}
     model_files = [p for p in Path(args.model_name_or_path).glob("*") if p.is_file()]

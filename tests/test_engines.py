@@ -298,6 +298,15 @@ def test_predict_decodes_an_export_like_the_model_and_resumes(model_dir, exports
     assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
 
 
+def test_predict_refuses_seeded_sampling_before_writing_anything(exports, tmp_path):
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(TitlegenError, match="cannot seed sampling per article"):
+        predict(
+            ["--model", str(exports["int8"]), "--input", str(ARTICLES), "--output", str(out), "--strategy", "top_p"]
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_compare_refuses_seeded_sampling_before_any_work_and_runs_a_grid(exports, tmp_path):
     args = ["--model", str(exports["int8"]), "--input", str(ARTICLES), "--limit", "4"]
     with pytest.raises(TitlegenError, match="setting 'top_k=10': the ct2 backend cannot seed sampling"):

@@ -2,7 +2,8 @@
 
 `export_model` (``titlegen-export``) writes a CTranslate2 model folder that also holds the tokenizer, the
 generation settings (generation_config.json) and run_config.yaml, so that a command given that folder needs
-nothing else. `CT2Engine` decodes such a folder with the contract of `titlegen.generation.generate_titles`.
+nothing else. `CT2Engine` decodes such a folder with the contract of `titlegen.generation.generate_titles`;
+`training_engine` exports a model in training for one evaluation (``generation_backend: ct2``).
 
 What CTranslate2 4.8.5 gets wrong or cannot do, and what titlegen does about it:
 
@@ -17,6 +18,11 @@ What CTranslate2 4.8.5 gets wrong or cannot do, and what titlegen does about it:
   sampling without a seed is allowed.
 * It has no per-article logits processor. ``article_tokens_only`` is honoured exactly by decoding each
   article alone, with every token outside it suppressed (slower than batches: see bench/README.md).
+* Its beam search stops as soon as num_beams titles are finished (transformers' ``early_stopping=True``; the
+  default goes on while a running beam could still win), and it suppresses tokens and applies
+  ``no_repeat_ngram_size`` and ``repetition_penalty`` to the logits before its softmax (transformers' beam
+  search changes the log-probabilities after it, unless ``renormalize_logits``). Greedy titles are the same;
+  some beam titles differ (counted in bench/README.md). Both are taken as they are, not refused.
 * mT5 overflows in float16 (CTranslate2 issue 1074). On a GPU the engine prefers bfloat16, and when a batch
   still comes back with non-finite scores it reloads the model in a float32 compute type, warns, and
   decodes the batch again.
