@@ -298,6 +298,21 @@ def test_predict_decodes_an_export_like_the_model_and_resumes(model_dir, exports
     assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
 
 
+def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, subprocess_env
+
+    env = {**subprocess_env(), "TITLEGEN_MODEL": str(exports["float32"]), "PYTHON": sys.executable}
+    out = tmp_path / "submission.jsonl"
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), str(ARTICLES), str(out)], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    expected = predict(["--model", str(model_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "t.jsonl")])
+    assert read_lines(out) == expected
+
+
 def test_predict_refuses_seeded_sampling_before_writing_anything(exports, tmp_path):
     out = tmp_path / "out.jsonl"
     with pytest.raises(TitlegenError, match="cannot seed sampling per article"):
