@@ -111,10 +111,26 @@ def test_float32_titles_are_transformers_titles(float32, reference, strategy):
     assert len(set(expected)) > 1, "the titles differ from article to article"
 
 
-def test_length_limits_are_transformers_limits(float32, reference):
-    for arguments in ({"max_new_tokens": 3}, {"min_new_tokens": 12, "max_new_tokens": 14}, {"max_length": 6}):
+def test_length_limits_are_transformers_limits(float32, reference, tokenizer, tmp_path):
+    for arguments in ({"max_new_tokens": 3}, {"max_length": 6}):  # the random model's titles run to the limit
         expected = reference.generate_titles(TEXTS, progress=False, **arguments)
         assert float32.generate_titles(TEXTS, progress=False, **arguments) == expected, arguments
+    torch.manual_seed(0)
+    model = build_model("mt5", tokenizer, TINY_MODEL)
+    untie_output_layer(model)
+    with torch.no_grad():  # every logit but end-of-title's made small: titles end after a few tokens
+        model.lm_head.weight.mul_(0.05)
+        model.lm_head.weight[tokenizer.eos_token_id] *= 60
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    export_model(tmp_path / "model", tmp_path / "export", quantization="float32")
+    short, exported = TransformersEngine(str(tmp_path / "model")), CT2Engine(tmp_path / "export", threads=1)
+    lengths = set()
+    for arguments in ({}, {"min_new_tokens": 3}, {"min_length": 5}):
+        expected = short.generate_titles(TEXTS, progress=False, max_new_tokens=8, **arguments)
+        assert exported.generate_titles(TEXTS, progress=False, max_new_tokens=8, **arguments) == expected, arguments
+        lengths.add(sum(map(len, expected)))
+    assert len(lengths) == 3, "each minimum lengthens titles"
 
 
 def test_int8_titles_are_titles(exports, float32):
