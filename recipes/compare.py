@@ -8,6 +8,8 @@ list such as ``- {strategy: beam, num_beams: 8}``) and writes to output_dir: pre
 comparison.md and comparison.csv (rouge-1/2/l f×100, mean length, distinct-2, repeated bigrams, titles/s),
 comparison.png, and grid.yaml (the settings run; pass it back as --grid). The best setting by --metric is
 named in comparison.md and starred in the chart. Sampling is seeded per article: a rerun gives the same titles.
+A folder written by titlegen-export is decoded by CTranslate2, which cannot seed sampling per article: give it a
+grid of search settings.
 """
 
 from __future__ import annotations
