@@ -292,18 +292,18 @@ def main() -> None:
     texts = [normalize_text(r["maintext"]) for r in read_jsonl(args.data / "test.zh-tw.jsonl")][: args.articles]
     with tempfile.TemporaryDirectory() as tmp:
         speed_rows, speed_details = speed(args, texts, train, Path(tmp))
+        header_row = ["decoding", "generation", "precision", "titles/s", "× baseline", "titles/CPU-s", "× baseline",
+                      "same titles"]  # fmt: skip
+        print(f"\n{header}\n\n{markdown_table(header_row, speed_rows)}\n")
+        for decoding in ("greedy", "beam 4"):
+            by_key = {(r[1], r[2]): r for r in speed_rows if r[0] == decoding}
+            print(
+                f"{decoding}: ct2 int8 {by_key['ct2', 'int8'][4]:.2f}x the baseline, "
+                f"{by_key['ct2', 'int8'][3] / by_key['titlegen', 'bf16'][3]:.2f}x titlegen bf16"
+            )
+        print(f"\nexports of the mT5-small shape: {speed_details['export_seconds']}\n", flush=True)
         quality_rows, quality_details = quality(args, Path(tmp))
 
-    header_row = ["decoding", "generation", "precision", "titles/s", "× baseline", "titles/CPU-s", "× baseline",
-                  "same titles"]  # fmt: skip
-    print(f"\n{header}\n\n{markdown_table(header_row, speed_rows)}\n")
-    for decoding in ("greedy", "beam 4"):
-        by_key = {(r[1], r[2]): r for r in speed_rows if r[0] == decoding}
-        print(
-            f"{decoding}: ct2 int8 {by_key['ct2', 'int8'][4]:.2f}x the baseline, "
-            f"{by_key['ct2', 'int8'][3] / by_key['titlegen', 'bf16'][3]:.2f}x titlegen bf16"
-        )
-    print(f"\nexports of the mT5-small shape: {speed_details['export_seconds']}")
     print(
         f"\nquality model {quality_details['model']}, {quality_details['articles']} LCSTS validation articles, "
         f"tw_rouge F x 100 with the char segmenter; exports {quality_details['export_seconds']}\n"

@@ -183,6 +183,21 @@ def test_article_tokens_only_keeps_to_the_articles_tokens(float32, reference):
     assert restricted == renormalised
 
 
+def test_a_models_own_article_tokens_only_is_its_default(model_dir, float32, tmp_path):
+    from titlegen.generation import title_generation_config
+
+    export_model(model_dir, tmp_path / "export", quantization="float32")
+    # As tiny_offline.yaml's models save it.
+    config = title_generation_config(load_model(str(model_dir)), max_new_tokens=8, article_tokens_only=True)
+    config.save_pretrained(tmp_path / "export")
+    restricting = CT2Engine(tmp_path / "export", threads=1)
+    assert restricting.decoding(None)[1] is True and restricting.decoding(None, article_tokens_only=False)[1] is False
+    expected = float32.generate_titles(TEXTS, progress=False, article_tokens_only=True)
+    assert restricting.generate_titles(TEXTS, progress=False) == expected
+    lifted = restricting.generate_titles(TEXTS, progress=False, article_tokens_only=False)
+    assert lifted == float32.generate_titles(TEXTS, progress=False) != expected
+
+
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_every_preset_is_mapped_or_refused(float32, strategy):
     arguments = decoding_arguments(strategy)

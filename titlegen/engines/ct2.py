@@ -312,6 +312,8 @@ def translate_options(config) -> dict:
     for name, value in config.to_dict().items():
         if value is None or name in _MAPPED or name in _NOT_DECODING or _NEUTRAL.get(name, object()) == value:
             continue
+        if name == ARTICLE_TOKENS_ONLY:
+            continue  # the engine's own (see `CT2Engine.decoding`)
         if name == "early_stopping" and value is True:
             continue  # CTranslate2's beam search stops once num_beams titles are finished, as early_stopping does
         raise TitlegenError(f"the ct2 backend cannot honour {name}={value!r}; use --backend transformers")
