@@ -2,7 +2,8 @@
 # The course's interface: bash run.sh INPUT.jsonl OUTPUT.jsonl
 # Writes {"title", "id"} per line for every article of INPUT.jsonl, with the trained model in
 # $TITLEGEN_MODEL (default: outputs/mt5_small_full, the folder `make train` writes). Extra generation
-# flags may follow, e.g. `bash run.sh in.jsonl out.jsonl --num_beams 5`.
+# flags may follow, e.g. `bash run.sh in.jsonl out.jsonl --num_beams 5`. A $TITLEGEN_MODEL written by
+# titlegen-export is decoded by CTranslate2 (`--backend transformers|ct2` chooses explicitly).
 set -euo pipefail
 if [ $# -lt 2 ]; then
     echo "usage: bash run.sh INPUT.jsonl OUTPUT.jsonl [titlegen-predict flags]" >&2

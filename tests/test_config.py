@@ -121,6 +121,7 @@ def command_settings() -> dict[str, tuple[type, ...]]:
         "titlegen-merge": (cli.MergeArguments,),
         "titlegen-prune-vocab": (cli.PruneArguments, cli.TextColumns),
         "titlegen-plot": (cli.PlotArguments,),
+        "titlegen-export": (cli.ExportArguments,),
     }
 
 

@@ -242,3 +242,47 @@ def _estimate(argv: Sequence[str] | None) -> None:
 def estimate_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-estimate --config FILE [--key value ...]``: the memory a training config needs."""
     return run_command(_estimate, argv)
+
+
+@dataclass
+class ExportArguments:
+    """The folders and weight type of titlegen-export."""
+
+    model_name_or_path: str = field(
+        metadata={"help": "Model folder (or hub id), or LoRA adapter folder, to export.", "positional": True}
+    )
+    output_dir: str = field(metadata={"help": "Folder to write (must not exist).", "aliases": ["-o"]})
+    quantization: str = field(
+        default="int8",
+        metadata={
+            "help": "Weight type: int8 (the fastest on CPU), int8_float32, int8_float16, float16 or bfloat16 "
+            "(for GPUs), or float32.",
+            "choices": ["int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32"],
+        },
+    )
+
+
+def _export(argv: Sequence[str] | None) -> dict:
+    from titlegen.config import parse_args
+
+    (args,) = parse_args(
+        (ExportArguments,),
+        argv,
+        description="Export a model folder (or a LoRA adapter, merged first) to CTranslate2, with its tokenizer, "
+        "generation settings and run_config.yaml: titlegen-predict, titlegen-compare, titlegen-serve and run.sh "
+        "decode the folder with CTranslate2. The export's log-probabilities are checked against the model's "
+        "before it is written.",
+    )
+    from titlegen.engines.ct2 import export_model
+
+    info = export_model(args.model_name_or_path, args.output_dir, args.quantization)
+    print(
+        f"wrote {args.output_dir}: {info['model_type']} in {info['quantization']}, log-probabilities within "
+        f"{info['log_prob_error']:.2g} of the model's per token"
+    )
+    return info
+
+
+def export_main(argv: Sequence[str] | None = None) -> int:
+    """``titlegen-export MODEL_DIR -o OUT [--quantization int8|...]``: a CTranslate2 model titlegen can decode."""
+    return run_command(_export, argv)

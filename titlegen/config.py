@@ -166,6 +166,14 @@ class RunArguments:
             "Default: as the starting model's generation config says (off for a new model)."
         },
     )
+    generation_backend: str = field(
+        default="transformers",
+        metadata={
+            "help": "What writes the titles of each evaluation: transformers' generate, or ct2 (the model exported "
+            "to CTranslate2 at each evaluation, int8 on CPU; README, CTranslate2).",
+            "choices": ["transformers", "ct2"],
+        },
+    )
     early_stopping_patience: int | None = field(
         default=None,
         metadata={"help": "Stop after this many evaluations without improvement of the best metric.", "min": 1},
@@ -188,7 +196,8 @@ class RunArguments:
 
 @dataclass
 class GenerationArguments:
-    """The model and the batches of a command that writes titles: titlegen-predict, titlegen-compare."""
+    """The model, the engine that runs it, and the batches of a command that writes titles: titlegen-predict,
+    titlegen-compare, titlegen-serve."""
 
     model_name_or_path: str = field(
         metadata={
@@ -198,9 +207,23 @@ class GenerationArguments:
         }
     )
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call.", "min": 1})
-    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast."})
+    bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast (transformers backend)."})
     seed: int = field(
         default=42, metadata={"help": "Seed of sampling; a sampled title depends only on it and its article."}
+    )
+    backend: str = field(
+        default="auto",
+        metadata={
+            "help": "transformers, ct2 (a titlegen-export folder, decoded by CTranslate2), or auto: by the folder.",
+            "choices": ["auto", "transformers", "ct2"],
+        },
+    )
+    compute_type: str | None = field(
+        default=None,
+        metadata={"help": "ct2 backend: CTranslate2's compute type (default: the export's weight type on CPU)."},
+    )
+    threads: int | None = field(
+        default=None, metadata={"help": "CPU threads for the model (default: the library's choice).", "min": 1}
     )
 
 

@@ -42,6 +42,9 @@ MODEL_FILE_PATTERNS = (
     "added_tokens.json",
     "*.model",
     "pruned_vocab.json",
+    "model.bin",  # a CTranslate2 export's weights, and what else titlegen-export writes
+    "*vocabulary*",
+    "titlegen_export.json",
 )
 # What a tokenizer folder holds: one of these files has the vocabulary.
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "vocab.json")

@@ -1,8 +1,9 @@
 """transformers' Seq2SeqTrainer, without its side effect on the model's generation config, and decoding in
-evaluation as `titlegen.generation.generate_titles` does."""
+evaluation as `titlegen.generation.generate_titles` does, or with CTranslate2 (``generation_backend: ct2``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 from transformers import LogitsProcessorList, Seq2SeqTrainer
@@ -19,7 +20,36 @@ class TitleTrainer(Seq2SeqTrainer):
     ``max_new_tokens``: every later ``generate`` warns, and checkpoints are saved with that config.
     """
 
+    def __init__(self, *args, generation_backend: str = "transformers", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generation_backend = generation_backend
+        self._engine = None  # the CTranslate2 engine of the evaluation under way
+
+    def evaluate(self, *args, **kwargs):
+        with self._ct2_engine():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._ct2_engine():
+            return super().predict(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def _ct2_engine(self):
+        """With ``generation_backend: ct2``, the model as it is now, exported to CTranslate2 for one evaluation."""
+        if self.generation_backend != "ct2" or not self.args.predict_with_generate or self._engine is not None:
+            yield
+            return
+        from titlegen.engines.ct2 import training_engine
+
+        with training_engine(self.model, self.processing_class) as self._engine:
+            try:
+                yield
+            finally:
+                self._engine = None
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
+        if self._engine is not None and not prediction_loss_only:
+            return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
         if is_article_tokens_only(generation_config) and self.args.predict_with_generate and not prediction_loss_only:
@@ -33,3 +63,21 @@ class TitleTrainer(Seq2SeqTrainer):
         finally:
             # In place: under LoRA, self.model is a PeftModel that reads the base model's config.
             vars(generation_config).update(vars(chosen))
+
+    def _ct2_prediction_step(self, model, inputs, ignore_keys, **gen_kwargs):
+        """The loss from the model, the titles from its CTranslate2 export (padded token ids, as generate's)."""
+        import torch
+
+        loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
+        # Seq2SeqTrainer uses its own generate arguments only when given none.
+        gen_kwargs = {k: v for k, v in (gen_kwargs or getattr(self, "_gen_kwargs", {})).items() if v is not None}
+        options, restrict = self._engine.decoding(None, **gen_kwargs)
+        articles = [
+            ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)
+        ]
+        titles = self._engine.generate_ids(articles, options, restrict)
+        pad = self.processing_class.pad_token_id
+        generated = torch.full((len(titles), max(map(len, titles), default=0) or 1), pad, dtype=torch.long)
+        for row, title in zip(generated, titles, strict=True):
+            row[: len(title)] = torch.tensor(title, dtype=torch.long)
+        return loss, generated.to(inputs["input_ids"].device), inputs.get("labels")

@@ -8,6 +8,8 @@ list such as ``- {strategy: beam, num_beams: 8}``) and writes to output_dir: pre
 comparison.md and comparison.csv (rouge-1/2/l f×100, mean length, distinct-2, repeated bigrams, titles/s),
 comparison.png, and grid.yaml (the settings run; pass it back as --grid). The best setting by --metric is
 named in comparison.md and starred in the chart. Sampling is seeded per article: a rerun gives the same titles.
+A folder written by titlegen-export is decoded by CTranslate2, which cannot seed sampling per article: give it a
+grid of search settings.
 """
 
 from __future__ import annotations
@@ -57,14 +59,12 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     import time
     from pathlib import Path
 
-    import torch
-
     from titlegen import TitlegenError
     from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
     from titlegen.config import trained_settings
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
-    from titlegen.generation import generate_titles
-    from titlegen.lifecycle import check_writable_folder, configure_process, load_model_folder
+    from titlegen.engines import load_engine, resolve_backend
+    from titlegen.lifecycle import check_writable_folder, configure_process
     from titlegen.metrics import get_segmenter
     from titlegen.plotting import plot_comparison
     from titlegen.strategies import (
@@ -83,6 +83,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         raise TitlegenError(f"{output_dir}: output_dir is a file; choose a folder for the comparison")
     check_writable_folder(output_dir, output_dir)
     segmenter = get_segmenter(scoring.segmenter)
+    resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     trained = trained_settings(args.model_name_or_path)
     columns = (trained["id_column"], trained["text_column"], trained["summary_column"])
     records = read_jsonl(files.input_file, fields=columns, id_field=columns[0])[: compare_args.limit]
@@ -90,19 +91,22 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     references = [r[columns[2]] for r in records]
 
     configure_process(args.seed)
-    folder = load_model_folder(args.model_name_or_path)
-    model, tokenizer = folder.model, folder.tokenizer
-    if torch.cuda.is_available():
-        model = model.cuda()
+    engine = load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )
     options = dict(
         batch_size=args.batch_size,
         max_source_length=trained["max_source_length"],
         source_prefix=trained["source_prefix"],
-        bf16=args.bf16,
         seed=args.seed,
     )
+    for setting in grid:  # a setting the engine cannot honour fails before any work
+        try:
+            engine.check_decoding(seed=args.seed, **decoding_arguments(**setting))
+        except TitlegenError as err:
+            raise TitlegenError(f"setting '{setting_name(setting)}': {err} (or leave it out with --grid)") from err
     # A first generate call pays one-time costs; make it here, so that the first setting's speed is comparable.
-    generate_titles(model, tokenizer, articles[:2], progress=False, max_new_tokens=2, **options)
+    engine.generate_titles(articles[:2], progress=False, max_new_tokens=2, **options)
 
     save_grid(output_dir / "grid.yaml", grid)
     rows = []
@@ -113,7 +117,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         if decoding.max_new_tokens:
             arguments.setdefault("max_new_tokens", decoding.max_new_tokens)
         start = time.perf_counter()
-        titles = generate_titles(model, tokenizer, articles, **options, **arguments)
+        titles = engine.generate_titles(articles, **options, **arguments)
         seconds = time.perf_counter() - start
         write_jsonl(
             output_dir / "predictions" / setting_filename(setting),
@@ -129,7 +133,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         heading=f"Decoding strategies on {Path(files.input_file).name}",
         notes=[
             f"model: {args.model_name_or_path}; {len(records)} articles; seed {args.seed}"
-            + ("; bf16" if args.bf16 else ""),
+            + ("; bf16" if args.bf16 else "")
+            + (f"; CTranslate2, {engine.compute_type} on {engine.device}" if engine.backend == "ct2" else ""),
             f"ROUGE: tw_rouge with the {segmenter.name} segmenter; references are {mean_reference:.1f} characters long",
             f"titles: predictions/<setting>.jsonl; settings: grid.yaml (rerun with --grid {output_dir}/grid.yaml)",
         ],

@@ -10,6 +10,7 @@ the missing titles are generated. Preprocessing
 (max_source_length, source_prefix, column names) follows the model's run_config.yaml when it has one;
 decoding follows the model's generation_config.json, or a --strategy preset, and any flag below overrides
 either. Sampling is seeded per article: the same command gives the same titles, in any batch size.
+A folder written by titlegen-export is decoded by CTranslate2 (--backend auto tells by the folder).
 """
 
 from __future__ import annotations
@@ -53,17 +54,16 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
 
     args, files, preprocessing, decoding = parse_args(settings(), argv, description=__doc__)
 
-    import torch
-
     from titlegen.data import read_jsonl
-    from titlegen.generation import generate_titles
-    from titlegen.lifecycle import check_output_file, configure_process, load_model_folder, model_files
+    from titlegen.engines import load_engine, resolve_backend
+    from titlegen.lifecycle import check_output_file, configure_process, model_files
     from titlegen.memory import generation_advice, out_of_memory_advice
     from titlegen.progress import PredictionProgress, run_fingerprint
     from titlegen.strategies import decoding_arguments
 
     # Everything that can be refused is refused before the model loads: the output path, the settings, the input.
     check_output_file(files.output_file, [files.input_file], side_files=[PROGRESS_SUFFIX])
+    resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     generate_kwargs = decoding_arguments(decoding.strategy, **decoding.generate_arguments())
     trained = {
         **trained_settings(args.model_name_or_path),
@@ -73,10 +73,10 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     records = read_jsonl(files.input_file, fields=(id_column, text_column), id_field=id_column)
 
     configure_process(args.seed)
-    folder = load_model_folder(args.model_name_or_path)
-    model, tokenizer = folder.model, folder.tokenizer
-    if torch.cuda.is_available():
-        model = model.cuda()
+    engine = load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )
+    engine.check_decoding(seed=args.seed, **generate_kwargs)  # before anything is written
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     run_settings = {**vars(args), **vars(preprocessing), **vars(decoding), "input_file": files.input_file}
     fingerprint = run_fingerprint(run_settings, [files.input_file, *model_files(args.model_name_or_path)])
@@ -91,18 +91,15 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
                 {"title": t, "id": records[i][id_column]} for i, t in zip(indices, batch_titles, strict=True)
             )
 
-        num_beams = generate_kwargs.get("num_beams", model.generation_config.num_beams)
+        num_beams = generate_kwargs.get("num_beams", engine.generation_config.num_beams)
         with out_of_memory_advice(
             generation_advice, args.batch_size, num_beams, args.bf16, trained["max_source_length"]
         ):
-            titles = generate_titles(
-                model,
-                tokenizer,
+            titles = engine.generate_titles(
                 [r[text_column] for r in records],
                 batch_size=args.batch_size,
                 max_source_length=trained["max_source_length"],
                 source_prefix=trained["source_prefix"],
-                bf16=args.bf16,
                 done=done,
                 on_batch=save_batch,
                 seed=args.seed,

@@ -175,6 +175,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
             else None
         ),
         callbacks=callbacks,
+        generation_backend=run_args.generation_backend,
     )
 
     with out_of_memory_advice(training_advice, trainer, data_args):

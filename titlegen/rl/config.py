@@ -111,6 +111,8 @@ def check_settings(model_args, data_args, run_args, training_args) -> None:
     if run_args.segmenter not in REWARD_SEGMENTERS:
         choices = ", ".join(REWARD_SEGMENTERS)
         raise TitlegenError(f"segmenter {run_args.segmenter!r}: the reward needs a fast segmenter, one of {choices}")
+    if run_args.generation_backend != "transformers":
+        raise TitlegenError("generation_backend: titlegen-rl validates with transformers; leave it at transformers")
     if data_args.lead_pairs:
         raise TitlegenError("lead_pairs: RL trains on the reference titles only; set it to 0")
     if training_args.max_steps < 1:
