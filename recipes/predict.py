@@ -21,13 +21,13 @@ from pathlib import Path
 from titlegen.strategies import STRATEGIES
 
 
-@dataclass
-class PredictArguments:
+@dataclass(kw_only=True)
+class GenerationArguments:
+    """The model and how it titles an article: the settings of titlegen-predict that titlegen-serve shares."""
+
     model_name_or_path: str = field(
         metadata={"help": "Model folder (or hub id) to generate with.", "aliases": ["--model"]}
     )
-    input_file: str = field(metadata={"help": "jsonl of articles.", "aliases": ["--input"]})
-    output_file: str = field(metadata={"help": "jsonl of titles to write.", "aliases": ["--output"]})
     text_column: str | None = field(default=None, metadata={"help": "Article field (default: as trained)."})
     id_column: str | None = field(default=None, metadata={"help": "Id field (default: as trained)."})
     source_prefix: str | None = field(default=None, metadata={"help": "Prefix (default: as trained)."})
@@ -51,6 +51,12 @@ class PredictArguments:
     article_tokens_only: bool | None = field(
         default=None, metadata={"help": "Titles use only tokens of their own article (and end-of-title)."}
     )
+
+
+@dataclass(kw_only=True)
+class PredictArguments(GenerationArguments):
+    input_file: str = field(metadata={"help": "jsonl of articles.", "aliases": ["--input"]})
+    output_file: str = field(metadata={"help": "jsonl of titles to write.", "aliases": ["--output"]})
 
 
 GENERATE_FLAGS = (

@@ -47,6 +47,17 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "temperature": {"do_sample": True, "top_k": 0, "temperature": 0.7},
 }
 
+# Lowest values (and whether they are allowed) of the arguments that GenerationConfig accepts at any value but
+# generate refuses, or runs without end, outside them.
+VALUE_RANGES: dict[str, tuple[float, bool]] = {
+    "num_beams": (1, True),
+    "top_k": (0, True),
+    "top_p": (0, False),
+    "temperature": (0, False),
+    "repetition_penalty": (0, False),
+    "no_repeat_ngram_size": (0, True),
+}
+
 # At least two settings of each strategy, as the course's report asks.
 DEFAULT_GRID: tuple[dict[str, Any], ...] = (
     {"strategy": "greedy"},
@@ -94,6 +105,13 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
         # transformers lists the problems on separate lines after a heading; the first one is enough.
         problems = [line.lstrip("- ") for line in str(err).splitlines() if line.startswith("- ")]
         raise TitlegenError(f"{source}: {problems[0] if problems else str(err).strip()}") from err
+    for name, (lowest, inclusive) in VALUE_RANGES.items():
+        value = arguments.get(name)
+        if isinstance(value, (int, float)) and (value < lowest or (value == lowest and not inclusive)):
+            bound = "at least" if inclusive else "greater than"
+            raise TitlegenError(f"{source}: `{name}` must be {bound} {lowest}, but is {value}")
+    if isinstance(arguments.get("top_p"), (int, float)) and arguments["top_p"] > 1:
+        raise TitlegenError(f"{source}: `top_p` must be at most 1, but is {arguments['top_p']}")
     return arguments
 
 
