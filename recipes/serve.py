@@ -13,6 +13,7 @@ The server has no authentication: it listens on 127.0.0.1 unless --host says oth
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,12 +44,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve(argv: Sequence[str] | None = None) -> None:
     from titlegen.config import parse_args
+    from titlegen.serving.server import listen
 
     (args,) = parse_args((ServeArguments,), argv, description=__doc__)
+    with contextlib.closing(listen(args.host, args.port)) as sock:  # a port in use is found before the model loads
+        app = build_app(args)
 
+        import uvicorn
+
+        # On SIGTERM or Ctrl-C uvicorn stops accepting connections and answers the requests in flight, each of
+        # which ends within request_timeout; then the batcher stops.
+        config = uvicorn.Config(app, access_log=args.access_log, timeout_graceful_shutdown=args.request_timeout + 5)
+        host, port = sock.getsockname()[:2]
+        url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        print(f"serving {args.model_name_or_path} at {url} (API: POST {url}v1/titles)", flush=True)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def build_app(args: ServeArguments):
+    """The application for `args`: settings checked first, then the model loaded as titlegen-predict loads it."""
     import typing
 
-    import uvicorn
     from transformers import set_seed
 
     from titlegen import TitlegenError
@@ -56,7 +72,6 @@ def serve(argv: Sequence[str] | None = None) -> None:
     from titlegen.serving.app import create_app
     from titlegen.serving.engine import TransformersEngine
     from titlegen.serving.schema import RequestRules
-    from titlegen.serving.server import listen
     from titlegen.strategies import decoding_arguments
 
     for name in ("batch_size", "max_queue", "max_articles", "max_article_chars"):
@@ -80,7 +95,6 @@ def serve(argv: Sequence[str] | None = None) -> None:
         max_articles=args.max_articles,
         max_article_chars=args.max_article_chars,
     )
-    sock = listen(args.host, args.port)  # a port in use is found before the model loads
 
     set_seed(args.seed)
     engine = TransformersEngine.load(
@@ -89,7 +103,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
         source_prefix=trained["source_prefix"] if args.source_prefix is None else args.source_prefix,
         bf16=args.bf16,
     )
-    app = create_app(
+    return create_app(
         engine,
         rules,
         batch_size=args.batch_size,
@@ -97,13 +111,6 @@ def serve(argv: Sequence[str] | None = None) -> None:
         max_queue=args.max_queue,
         timeout=args.request_timeout,
     )
-    # On SIGTERM or Ctrl-C uvicorn stops accepting connections and answers the requests in flight, each of
-    # which ends within request_timeout; then the batcher stops.
-    config = uvicorn.Config(app, access_log=args.access_log, timeout_graceful_shutdown=args.request_timeout + 5)
-    host, port = sock.getsockname()[:2]
-    url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
-    print(f"serving {args.model_name_or_path} at {url} (API: POST {url}v1/titles)", flush=True)
-    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":
