@@ -99,6 +99,7 @@ def create_app(
                 "timeout": timeout,
             },
             "queued": batcher.queued,
+            "generating": batcher.generating,
             "generate_calls": batcher.calls,
         }
 

@@ -63,6 +63,11 @@ class Batcher:
         """Articles waiting for a generate call."""
         return self._queued
 
+    @property
+    def generating(self) -> int:
+        """Articles of the generate call in progress."""
+        return sum(len(job.articles) for job in self._generating)
+
     def start(self) -> None:
         """Starts batching; call from the event loop that will call `titles`."""
         # One thread: generate calls run one after the other, each with all of torch's threads.
