@@ -135,7 +135,7 @@ def test_healthz_describes_the_model(trained_dir, client):
 def test_the_page_is_served(client):
     response = client.get("/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    assert 'id="article"' in response.text and "/v1/titles" in response.text
+    assert 'id="article"' in response.text and 'fetch("v1/titles"' in response.text
 
 
 ARTICLE = {"id": "a", "maintext": "台北市政府今天宣布增設公共自行車站。"}
@@ -360,3 +360,21 @@ def test_help_answers_without_heavy_imports():
     result = subprocess.run([sys.executable, "-m", "recipes.serve", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "--model_name_or_path" in result.stdout and "--batch_wait_ms" in result.stdout
+
+
+def test_a_failing_generate_call_fails_its_requests_only(trained_dir, monkeypatch):
+    generate = TransformersEngine.generate_titles
+
+    def failing(self, articles, **settings):
+        if settings.get("num_beams") == 2:
+            raise RuntimeError("out of luck")
+        return generate(self, articles, **settings)
+
+    monkeypatch.setattr(TransformersEngine, "generate_titles", failing)
+    with running(app_for(trained_dir)) as client:
+        response = client.post("/v1/titles", json={"articles": [ARTICLE], "num_beams": 2})
+        assert (response.status_code, response.json()) == (
+            500,
+            {"error": "internal error (RuntimeError); see the server's log"},
+        )
+        assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200

@@ -79,6 +79,10 @@ def create_app(
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:  # unknown paths, wrong methods
         return JSONResponse({"error": err.detail}, status_code=err.status_code, headers=err.headers)
 
+    @app.exception_handler(Exception)
+    async def failed(request: Request, err: Exception) -> JSONResponse:  # a fault of the server; uvicorn logs it
+        return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server's log"}, 500)
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)

@@ -109,7 +109,7 @@ class Batcher:
         try:
             # shield: a timeout must not cancel the future, which the batch it is in will still set.
             return await asyncio.wait_for(asyncio.shield(job.future), self.timeout)
-        except TimeoutError:
+        except asyncio.TimeoutError:
             self._withdraw(job)
             raise Busy(f"no titles within {self.timeout:g} s") from None
 
@@ -136,7 +136,7 @@ class Batcher:
                 if remaining <= 0:
                     break
                 self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._arrived.wait(), remaining)
             if settings not in self._groups:  # its requests timed out meanwhile
                 continue
