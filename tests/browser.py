@@ -27,7 +27,7 @@ FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1000,760",
+    "--window-size=1000,600",
 )
 
 
@@ -59,7 +59,8 @@ def chromium() -> Iterator:
 
 def ask_for_titles(driver, url: str, strategies: tuple[str, str, str], article: str | None = None) -> list[dict]:
     """Loads the page, fills in `article` (or picks the first example), chooses `strategies` ("" for the
-    server's default, "-" for none) and submits; returns each result card's strategy, title and time."""
+    server's default, "-" for none) and submits; returns each result card's strategy, state ("done", or "failed"
+    when the server refused the request), title (or the server's error) and time."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -79,12 +80,13 @@ def ask_for_titles(driver, url: str, strategies: tuple[str, str, str], article: 
 
     def cards(d):
         found = d.find_elements(By.CSS_SELECTOR, "#results .card")
-        done = len(found) == expected and all(c.find_element(By.CLASS_NAME, "time").text for c in found)
+        done = len(found) == expected and all(c.get_attribute("data-state") for c in found)  # answered
         return found if done else False
 
     return [
         {
             "strategy": card.find_element(By.TAG_NAME, "h2").text,
+            "state": card.get_attribute("data-state"),
             "title": card.find_element(By.CLASS_NAME, "title").get_property("textContent"),  # exactly, unrendered
             "time": card.find_element(By.CLASS_NAME, "time").text,
         }

@@ -39,6 +39,7 @@ def test_the_page_titles_an_article_with_each_chosen_strategy(trained_dir, drive
         cards = browser.ask_for_titles(driver, url, ("", "greedy", "beam"), article=ARTICLE)
         assert [c["strategy"] for c in cards] == ["server default", "greedy", "beam"]
         for card, strategy in zip(cards, (None, "greedy", "beam"), strict=True):
+            assert card["state"] == "done"
             assert card["title"] == api_title(ARTICLE, strategy)
             assert card["time"].endswith(" s on the server") and float(card["time"].split()[0]) > 0
 
@@ -47,3 +48,13 @@ def test_the_page_titles_an_article_with_each_chosen_strategy(trained_dir, drive
         example = driver.find_element("id", "article").get_property("value")
         assert example and [c["strategy"] for c in cards] == ["top_p", "beam_no_repeat"]
         assert [c["title"] for c in cards] == [api_title(example, "top_p"), api_title(example, "beam_no_repeat")]
+
+
+def test_the_page_shows_the_servers_error_for_a_refused_article(trained_dir, driver):
+    with running(app_for(trained_dir, "--max_article_chars", "10")) as client:
+        (card,) = browser.ask_for_titles(driver, str(client.base_url), ("greedy", "-", "-"), article=ARTICLE)
+    assert card["state"] == "failed"
+    assert (
+        card["title"]
+        == "articles[0]: field 'maintext' holds 29 characters, more than the limit of 10 (max_article_chars)"
+    )
