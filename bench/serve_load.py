@@ -227,10 +227,13 @@ def main() -> None:
     print()
     print(f"median of {args.repeats} rounds; torch threads: {args.threads} in the server, {args.threads} in predict")
     print(markdown_table(header, rows))
-    most = next(row for row in rows[1:] if row[1] == max(args.clients))
-    ratio, errors = float(most[5]), most[3]
-    print(f"\n{most[1]} clients: {ratio:.2f}x titlegen-predict's titles/s, {errors} errors ", end="")
-    print(f"(target with 32 clients: >= 0.70x and no errors: {'met' if ratio >= 0.7 and errors == 0 else 'not met'})")
+    for row in rows[1:]:
+        if row[1] == 32:  # the target: 32 clients sending one article per request
+            ratio, errors = float(row[5]), row[3]
+            met = "met" if ratio >= 0.7 and errors == 0 else "not met"
+            print(
+                f"\n32 clients: {ratio:.2f}x titlegen-predict's titles/s, {errors} errors (target >= 0.70x, 0: {met})"
+            )
 
 
 if __name__ == "__main__":

@@ -114,7 +114,8 @@ class Batcher:
             raise Busy(f"no titles within {self.timeout:g} s") from None
 
     def _withdraw(self, job: _Job) -> None:
-        """Takes a job out of the queue if it is still there (a job being generated finishes unseen)."""
+        """Takes a job out of the queue if it is still there; a job being generated gets no titles."""
+        job.future.cancel()  # done: the batch it may be in leaves it alone
         group = self._groups.get(job.settings)
         if group is not None and job in group:
             group.remove(job)
