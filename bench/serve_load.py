@@ -228,7 +228,7 @@ def main() -> None:
     print(f"median of {args.repeats} rounds; torch threads: {args.threads} in the server, {args.threads} in predict")
     print(markdown_table(header, rows))
     for row in rows[1:]:
-        if row[1] == 32:  # the target: 32 clients sending one article per request
+        if row[1] == 32:  # the target is set for 32 clients sending one article per request
             ratio, errors = float(row[5]), row[3]
             met = "met" if ratio >= 0.7 and errors == 0 else "not met"
             print(

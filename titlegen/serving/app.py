@@ -8,6 +8,7 @@ full queue or a timeout; ``Retry-After`` says when to try again). Bad input neve
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from importlib import resources
 
@@ -21,6 +22,7 @@ from titlegen.serving.schema import RequestError, RequestRules, parse_request
 from titlegen.strategies import STRATEGIES, decoding_arguments
 
 RETRY_AFTER_SECONDS = 1
+logger = logging.getLogger("titlegen.serve")
 
 
 def create_app(
@@ -79,10 +81,6 @@ def create_app(
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:  # unknown paths, wrong methods
         return JSONResponse({"error": err.detail}, status_code=err.status_code, headers=err.headers)
 
-    @app.exception_handler(Exception)
-    async def failed(request: Request, err: Exception) -> JSONResponse:  # a fault of the server; uvicorn logs it
-        return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server's log"}, 500)
-
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
@@ -112,7 +110,13 @@ def create_app(
         start = time.perf_counter()
         body = await _read_body(request, max_body_bytes)
         checked = parse_request(body, rules)
-        generated = await batcher.titles(checked.articles, checked.settings)
+        try:
+            generated = await batcher.titles(checked.articles, checked.settings)
+        except Busy:
+            raise
+        except Exception as err:  # a fault of the server (out of memory, a bug), not of the request
+            logger.exception("generating titles for %s articles failed", len(checked.articles))
+            return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server's log"}, 500)
         return JSONResponse(
             {
                 "titles": [{"id": i, "title": t} for i, t in zip(checked.ids, generated, strict=True)],
