@@ -208,6 +208,16 @@ BAD_REQUESTS = {
         400,
         "request: `num_beams` must be at least 1, but is 0",
     ),
+    "top_p above 1": (
+        {"articles": [ARTICLE], "strategy": "top_p", "top_p": 1.5},
+        400,
+        "request: `top_p` must be at most 1, but is 1.5",
+    ),
+    "zero temperature": (
+        {"articles": [ARTICLE], "strategy": "temperature", "temperature": 0},
+        400,
+        "request: `temperature` must be greater than 0, but is 0",
+    ),
 }
 
 
