@@ -28,6 +28,10 @@ predict:  ## make predict IN=public.jsonl [OUT=predictions.jsonl] [MODEL=outputs
 	@test -n "$(IN)" || { echo "usage: make predict IN=path.jsonl [OUT=...] [MODEL=...]"; exit 2; }
 	TITLEGEN_MODEL=$(MODEL) bash run.sh $(IN) $(OUT) $(ARGS)
 
+.PHONY: serve
+serve:  ## make serve MODEL=outputs/tiny_offline [ARGS="--port 8080 --strategy beam"]: the HTTP API and page (README: serving)
+	titlegen-serve --model $(MODEL) $(ARGS)
+
 .PHONY: rl
 rl:  ## make rl ARGS="--model outputs/tiny_offline [--key value ...]" [RL_CONFIG=trainer_args/rl_scst.yaml]
 	titlegen-rl --config $(RL_CONFIG) $(ARGS)

@@ -64,7 +64,7 @@ def read_jsonl(
         raw = raw[3:]
 
     records: list[dict] = []
-    first_line_of_id: dict[str, int] = {}
+    ids: dict[str, str] = {}
     for lineno, line in enumerate(raw.split(b"\n"), start=1):
         try:
             text = line.decode("utf-8")
@@ -75,34 +75,64 @@ def read_jsonl(
         try:
             record = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(record, dict):
-            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-        for name in fields:
-            if name not in record:
-                raise DataError(f"{path}:{lineno}: field '{name}' is missing")
-            value = record[name]
-            if not isinstance(value, str):
-                raise DataError(f"{path}:{lineno}: field '{name}' must be a string, got {type(value).__name__}")
-            if not value.strip() and name not in may_be_empty:
-                raise DataError(f"{path}:{lineno}: field '{name}' is empty")
-            surrogate = _unpaired_surrogate(value)
-            if surrogate is not None:
-                raise DataError(
-                    f"{path}:{lineno}: field '{name}' holds an unpaired surrogate \\u{ord(surrogate):04x} "
-                    f"(character {value.index(surrogate) + 1}), which is not text"
-                )
-        if id_field in fields:
-            key = record[id_field]
-            if key in first_line_of_id:
-                raise DataError(
-                    f"{path}:{lineno}: field '{id_field}' repeats the id {key!r} of line {first_line_of_id[key]}"
-                )
-            first_line_of_id[key] = lineno
-        records.append(record)
+            raise DataError(f"{path}:{lineno}: {json_error(err)}") from None
+        records.append(check_record(record, f"{path}:{lineno}", f"line {lineno}", fields, id_field, may_be_empty, ids))
     if not records:
         raise DataError(f"{path}: no records (the file is empty)")
     return records
+
+
+def json_error(err: json.JSONDecodeError) -> str:
+    """What is wrong with a JSON document, for a message that names where it is."""
+    return f"not valid JSON ({err.msg} at column {err.colno})"
+
+
+def check_record(
+    record: object,
+    where: str,
+    place: str,
+    fields: Sequence[str],
+    id_field: str,
+    may_be_empty: Sequence[str],
+    ids: dict[str, str],
+) -> dict:
+    """Validates one record of a file or a request, as `read_jsonl` does.
+
+    Args:
+        record: A decoded JSON value.
+        where: Where it is, to begin a message (``data.jsonl:3``, ``articles[2]``).
+        place: The same, for another record's message that refers to it (``line 3``, ``articles[2]``).
+        fields, id_field, may_be_empty: As for `read_jsonl`.
+        ids: The ids seen so far, each with its `place`; the record's id is added.
+
+    Returns:
+        The record.
+
+    Raises:
+        DataError: naming `where` and the field of the first problem found.
+    """
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    for name in fields:
+        if name not in record:
+            raise DataError(f"{where}: field '{name}' is missing")
+        value = record[name]
+        if not isinstance(value, str):
+            raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
+        if not value.strip() and name not in may_be_empty:
+            raise DataError(f"{where}: field '{name}' is empty")
+        surrogate = _unpaired_surrogate(value)
+        if surrogate is not None:
+            raise DataError(
+                f"{where}: field '{name}' holds an unpaired surrogate \\u{ord(surrogate):04x} "
+                f"(character {value.index(surrogate) + 1}), which is not text"
+            )
+    if id_field in fields:
+        key = record[id_field]
+        if key in ids:
+            raise DataError(f"{where}: field '{id_field}' repeats the id {key!r} of {ids[key]}")
+        ids[key] = place
+    return record
 
 
 def _unpaired_surrogate(text: str) -> str | None:

@@ -380,6 +380,7 @@ class CT2Engine:
         if info.get("format") != EXPORT_FORMAT:
             raise TitlegenError(f"{self.model_dir / EXPORT_MARKER}: not a {EXPORT_FORMAT!r} file")
         self.quantization = info["quantization"]
+        self.model_type = info["model_type"]
         self.tokenizer = load_tokenizer(str(self.model_dir))
         self.generation_config = (
             GenerationConfig.from_pretrained(self.model_dir)

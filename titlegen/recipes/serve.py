@@ -1,0 +1,135 @@
+"""Serve a trained model over HTTP: a JSON API for programs and a page for people.
+
+    titlegen-serve --model outputs/tiny_offline                   # http://127.0.0.1:8000/
+    titlegen-serve --model DIR --port 8080 --strategy beam --num_beams 8
+
+POST /v1/titles with {"articles": [{"id": ..., "maintext": ...}, ...]} (and optionally "strategy", "seed" and
+any generate flag below) answers {"titles": [{"id": ..., "title": ...}], "model", "strategy", "seconds"}; the
+titles are those titlegen-predict writes with the same settings. GET /healthz describes the model and its
+decoding defaults; GET / is a page to try it. Concurrent requests with the same settings are titled together in
+one generate call. The flags shared with titlegen-predict set the defaults of requests that name no strategy.
+A folder written by titlegen-export is served by CTranslate2 (--backend auto tells by the folder).
+The server has no authentication: it listens on 127.0.0.1 unless --host says otherwise (README: serving).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServeArguments:
+    """titlegen-serve's own settings: where it listens, and how it batches and bounds requests."""
+
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
+    port: int = field(default=8000, metadata={"help": "Port to listen on (0: one the system chooses).", "min": 0})
+    batch_wait_ms: float = field(
+        default=5.0,
+        metadata={"help": "Milliseconds a request waits for others to share its generate call.", "min": 0},
+    )
+    max_queue: int = field(
+        default=1024, metadata={"help": "Most articles waiting; beyond it a request gets 503.", "min": 1}
+    )
+    request_timeout: float = field(
+        default=60.0,
+        metadata={"help": "Seconds a request may wait for its titles before it gets 503.", "min_exclusive": 0},
+    )
+    max_articles: int = field(default=128, metadata={"help": "Most articles in one request.", "min": 1})
+    max_article_chars: int = field(default=20_000, metadata={"help": "Most characters in one article.", "min": 1})
+    access_log: bool = field(default=True, metadata={"help": "Log every request (uvicorn's access log)."})
+
+
+def settings() -> tuple[type, ...]:
+    """The settings of titlegen-serve, in the order `serve` unpacks them: titlegen-predict's, less its files."""
+    from titlegen.recipes import predict
+
+    generation, _files, preprocessing, decoding = predict.settings()
+    return generation, preprocessing, decoding, ServeArguments
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from titlegen.lifecycle import run_command
+
+    return run_command(serve, argv)
+
+
+def serve(argv: Sequence[str] | None = None) -> None:
+    from titlegen.config import parse_args
+    from titlegen.serving.server import listen
+
+    parsed = parse_args(settings(), argv, description=__doc__)
+    server_args = parsed[-1]
+    with contextlib.closing(listen(server_args.host, server_args.port)) as sock:  # a port in use: before the model
+        app = build_app(*parsed)
+
+        import uvicorn
+
+        # On SIGTERM or Ctrl-C uvicorn stops accepting connections and answers the requests in flight, each of
+        # which ends within request_timeout; then the batcher stops.
+        config = uvicorn.Config(
+            app, access_log=server_args.access_log, timeout_graceful_shutdown=server_args.request_timeout + 5
+        )
+        host, port = sock.getsockname()[:2]
+        url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+        print(f"serving {parsed[0].model_name_or_path} at {url} (API: POST {url}v1/titles)", flush=True)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
+def build_app(args, preprocessing, decoding, server_args: ServeArguments):
+    """The application: settings checked first, then the model loaded as titlegen-predict loads it."""
+    from titlegen import TitlegenError
+    from titlegen.config import DecodingArguments, trained_settings
+    from titlegen.engines import load_engine, resolve_backend
+    from titlegen.lifecycle import configure_process
+    from titlegen.serving.app import create_app
+    from titlegen.serving.engine import ServedModel
+    from titlegen.serving.schema import RequestRules
+    from titlegen.strategies import decoding_arguments
+
+    if server_args.max_queue < server_args.max_articles:
+        raise TitlegenError(
+            f"command line: max_queue {server_args.max_queue} is below max_articles {server_args.max_articles}"
+        )
+    resolve_backend(args.model_name_or_path, args.backend)
+    overrides = {name: value for name, value in decoding.generate_arguments().items() if value is not None}
+    defaults = decoding_arguments(decoding.strategy, **overrides)  # a bad flag is refused before the model loads
+    trained = {
+        **trained_settings(args.model_name_or_path),
+        **{k: v for k, v in vars(preprocessing).items() if v is not None},
+    }
+    rules = RequestRules.for_settings(
+        DecodingArguments,
+        text_column=trained["text_column"],
+        id_column=trained["id_column"],
+        strategy=decoding.strategy,
+        overrides=overrides,
+        seed=args.seed,
+        max_articles=server_args.max_articles,
+        max_article_chars=server_args.max_article_chars,
+    )
+
+    configure_process(args.seed)
+    engine = load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )
+    engine.check_decoding(seed=args.seed, **defaults)  # the defaults every request starts from
+    model = ServedModel(
+        args.model_name_or_path,
+        engine,
+        max_source_length=trained["max_source_length"],
+        source_prefix=trained["source_prefix"],
+    )
+    return create_app(
+        model,
+        rules,
+        batch_size=args.batch_size,
+        batch_wait=server_args.batch_wait_ms / 1000,
+        max_queue=server_args.max_queue,
+        timeout=server_args.request_timeout,
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
