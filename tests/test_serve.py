@@ -389,3 +389,20 @@ def test_a_failing_generate_call_fails_its_requests_only(trained_dir, monkeypatc
             {"error": "internal error (RuntimeError); see the server's log"},
         )
         assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200
+
+
+def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_path):
+    from titlegen.engines.ct2 import export_model
+
+    export = tmp_path / "export"
+    export_model(trained_dir, export, quantization="float32")
+    expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1")
+    with running(app_for(export, "--threads", "1")) as client:
+        health = client.get("/healthz").json()
+        assert health["model"]["backend"] == "ct2" and health["model"]["parameters"] is None
+        response = client.post("/v1/titles", json={**BODY, "strategy": "beam", "num_beams": 3})
+        assert response.status_code == 200, response.text
+        assert {t["id"]: t["title"] for t in response.json()["titles"]} == expected
+        # CTranslate2 cannot sample with a per-article seed: the request is refused, not answered differently.
+        refused = client.post("/v1/titles", json={**BODY, "strategy": "top_k"})
+        assert refused.status_code == 400 and refused.json()["error"].startswith("request: "), refused.text

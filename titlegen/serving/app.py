@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
+from titlegen import TitlegenError
 from titlegen.serving.batching import Batcher, Busy
 from titlegen.serving.engine import ServedModel
 from titlegen.serving.schema import RequestError, RequestRules, parse_request
@@ -110,6 +111,10 @@ def create_app(
         start = time.perf_counter()
         body = await _read_body(request, max_body_bytes)
         checked = parse_request(body, rules)
+        try:  # settings the engine cannot honour (e.g. seeded sampling with CTranslate2) are the request's fault
+            engine.check_decoding(seed=checked.seed, **checked.decoding)
+        except TitlegenError as err:
+            raise RequestError(f"request: {err}") from None
         try:
             generated = await batcher.titles(checked.articles, checked.settings)
         except Busy:

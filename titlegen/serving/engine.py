@@ -39,6 +39,10 @@ class ServedModel:
             **decoding,
         )
 
+    def check_decoding(self, seed: int, **decoding) -> None:
+        """Raises `TitlegenError` for decoding settings the engine cannot honour (`titlegen.engines.Engine`)."""
+        self.engine.check_decoding(seed=seed, **decoding)
+
     def metadata(self) -> dict[str, Any]:
         """What the model is: name, backend, parameters, vocabulary, preprocessing, decoding defaults."""
         from titlegen.generation import ARTICLE_TOKENS_ONLY, is_article_tokens_only
