@@ -167,7 +167,9 @@ def training_engine(model, tokenizer) -> Iterator[CT2Engine]:
         write_export(snapshot, tokenizer, folder, "float32", source="the model in training")
         del snapshot
         device = choose_device()
-        yield CT2Engine(folder, device=device, compute_type="int8" if device == "cpu" else None)
+        compute_type = "int8" if device == "cpu" else None
+        # As many threads as training uses: CTranslate2's own default may take more than the process has.
+        yield CT2Engine(folder, device=device, compute_type=compute_type, threads=torch.get_num_threads())
 
 
 def _ctranslate2_version() -> str:
