@@ -428,3 +428,13 @@ def test_export_command(model_dir, tmp_path, capsys):
     assert "in float32, log-probabilities within" in capsys.readouterr().out
     assert export_main([str(model_dir), "-o", str(tmp_path / "out")]) == 2
     assert "already exists; choose another output folder" in capsys.readouterr().err
+
+
+def test_evaluation_with_ctranslate2_merges_lora_adapters(trained_dir, tmp_path):
+    from recipes.train import train
+
+    from .conftest import tiny_train_args
+
+    args = ["--model_name_or_path", str(trained_dir), "--use_lora", "true", "--lora_r", "2"]
+    metrics = train(tiny_train_args(tmp_path / "run", *args, "--generation_backend", "ct2", "--num_train_epochs", "1"))
+    assert "eval_rouge-l" in metrics and len(read_lines(tmp_path / "run" / "eval_predictions.jsonl")) == len(RECORDS)
