@@ -64,7 +64,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         load_tokenizer,
     )
     from titlegen.plotting import plot_learning_curves
-    from titlegen.preprocessing import lead_pairs, make_tokenize_fn, to_features
+    from titlegen.preprocessing import clause_end_arguments, lead_pairs, make_tokenize_fn, to_features
     from titlegen.tokenizer import train_tokenizer
     from titlegen.trainer import TitleTrainer
 
@@ -165,6 +165,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                 max_target_length=data_args.max_target_length,
                 eos_token_id=tokenizer.eos_token_id,
                 seed=training_args.seed,
+                **(clause_end_arguments(tokenizer) if data_args.lead_pairs_clause_end else {}),
             )
             logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
             train_dataset = concatenate_datasets([train_dataset, leads])

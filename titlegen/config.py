@@ -129,6 +129,14 @@ class DataArguments:
             "the article; 0 for pretrained models."
         },
     )
+    lead_pairs_clause_end: bool = field(
+        default=False,
+        metadata={
+            "help": "End each lead pair's target before the last clause-ending punctuation mark (，。！？；： and their "
+            "ASCII forms) within max_target_length, so that the model learns to end a title with a clause "
+            "instead of at the length limit."
+        },
+    )
 
 
 @dataclass
@@ -198,10 +206,15 @@ def check_keys(keys: Sequence[str], types: Sequence[type], source: str) -> None:
 
 
 def load_config_file(path: str, types: Sequence[type]) -> dict[str, Any]:
-    """Loads a YAML config and checks that every key is a field of one of `types`."""
+    """Loads a YAML config and checks that every key is a field of one of `types`.
+
+    ``${TITLEGEN_DATA}`` in a value stands for the data folder (`titlegen.corpus.data_dir`).
+    """
+    from titlegen.corpus import expand_data_dir
+
     values = _yaml_load(path)
     check_keys(list(values), types, path)
-    return values
+    return {key: expand_data_dir(value) for key, value in values.items()}
 
 
 def parse_args(

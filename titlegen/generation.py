@@ -19,6 +19,7 @@ import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
+from titlegen.characters import WholeCharacters, byte_piece_ids, drop_broken_characters
 from titlegen.preprocessing import source_texts
 
 # transformers samples from the 50 likeliest tokens unless top_k says otherwise.
@@ -69,7 +70,8 @@ def decode_titles(tokenizer, token_ids) -> list[str]:
     import numpy as np
 
     token_ids = np.where(np.asarray(token_ids) < 0, tokenizer.pad_token_id, token_ids)
-    return [t.strip() for t in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+    titles = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+    return [drop_broken_characters(t).strip() for t in titles]
 
 
 def generate_titles(
@@ -126,6 +128,7 @@ def generate_titles(
         no_grad, autocast = torch.inference_mode(), contextlib.nullcontext()
     config = copy.deepcopy(generate_kwargs.get("generation_config") or model.generation_config)
     restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, is_article_tokens_only(config))
+    byte_ids = byte_piece_ids(tokenizer)
     config.update(**generate_kwargs)
     done = done or {}
     titles: list[str | None] = [done.get(i) for i in range(len(texts))]
@@ -140,7 +143,9 @@ def generate_titles(
     ):
         for batch in todo:
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-            batch_arguments = _batch_arguments(model, config, inputs, [texts[i] for i in batch], seed, restrict)
+            batch_arguments = _batch_arguments(
+                model, config, inputs, [texts[i] for i in batch], seed, restrict, byte_ids
+            )
             arguments = {**generate_kwargs, **batch_arguments}
             output = model.generate(**inputs, **arguments)
             batch_titles = decode_titles(tokenizer, output.cpu())
@@ -170,9 +175,11 @@ def _eager_attention_on_cpu(model):
         model.set_attn_implementation(previous)
 
 
-def _batch_arguments(model, config, inputs, texts: list[str], seed: int | None, restrict: bool) -> dict:
-    """generate arguments for one batch: the beam search cache or per-article sampling, and `restrict`
-    titles to their articles' tokens."""
+def _batch_arguments(
+    model, config, inputs, texts: list[str], seed: int | None, restrict: bool, byte_ids: dict[int, int] | None = None
+) -> dict:
+    """generate arguments for one batch: the beam search cache or per-article sampling, `restrict` titles to
+    their articles' tokens, and keep byte pieces in whole characters (the tokenizer's `byte_ids`, if any)."""
     from transformers import LogitsProcessorList
 
     arguments = {}
@@ -185,6 +192,10 @@ def _batch_arguments(model, config, inputs, texts: list[str], seed: int | None, 
         # First, so that sampling warpers see only the allowed tokens.
         processors = [ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], model.config.eos_token_id)]
         arguments["logits_processor"] = LogitsProcessorList(processors + list(arguments.get("logits_processor", [])))
+    if byte_ids:
+        # First: the sampling processors that follow only add noise to the tokens left.
+        whole = WholeCharacters(byte_ids, model.config.vocab_size, model.config.eos_token_id)
+        arguments["logits_processor"] = LogitsProcessorList([whole, *arguments.get("logits_processor", [])])
     return arguments
 
 

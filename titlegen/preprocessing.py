@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from titlegen import TitlegenError
 from titlegen.data import normalize_text
@@ -53,7 +53,16 @@ def to_features(records: list[dict], columns: Sequence[str], tokenize: Callable[
     return table.map(tokenize, batched=True, remove_columns=list(columns), desc=desc)
 
 
-def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: int, seed: int):
+def lead_pairs(
+    features,
+    share: float,
+    *,
+    max_target_length: int,
+    eos_token_id: int,
+    seed: int,
+    clause_ends: Collection[int] = (),
+    min_target_length: int = 1,
+):
     """Extra training pairs whose target is the article's own opening: its first `max_target_length` tokens.
 
     A model trained from scratch on a few thousand titles does not learn to copy from the article; trained
@@ -66,6 +75,10 @@ def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: 
         max_target_length: Target tokens, the end-of-sequence token included.
         eos_token_id: The tokenizer's end-of-sequence id, which ends every target.
         seed: Chooses the articles when `share` < 1.
+        clause_ends: Token ids that end a clause (e.g. of "，。！？"). When given, a target stops before the last
+            of them within its length, so that the model learns to end a title where a clause ends; an opening
+            with none there after `min_target_length` tokens keeps its full length.
+        min_target_length: The shortest target (in tokens, end-of-sequence excluded) cut at a clause end.
 
     Returns:
         A ``datasets.Dataset`` with the same columns as `features`.
@@ -78,6 +91,22 @@ def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: 
         article = example["input_ids"]
         if article and article[-1] == eos_token_id:
             article = article[:-1]
-        return {"labels": article[: max_target_length - 1] + [eos_token_id]}
+        target = article[: max_target_length - 1]
+        ends = [i for i in range(min_target_length, len(target)) if target[i] in clause_ends]
+        if ends and len(article) >= max_target_length:  # an article shorter than the limit ends by itself
+            target = target[: ends[-1]]
+        return {"labels": target + [eos_token_id]}
 
     return features.select(rows).map(lead, desc="lead pairs")
+
+
+# Where a clause or sentence ends in Chinese news text, full-width and ASCII.
+CLAUSE_ENDS = "，。！？；：,!?;:"
+# A lead target cut at a clause end keeps at least this many tokens: shorter openings ("日前，") are no title.
+MIN_CLAUSE_TARGET = 8
+
+
+def clause_end_arguments(tokenizer) -> dict:
+    """`lead_pairs` arguments that end targets at a clause: the token ids of `CLAUSE_ENDS` in `tokenizer`'s vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return {"clause_ends": {vocab[c] for c in CLAUSE_ENDS if c in vocab}, "min_target_length": MIN_CLAUSE_TARGET}
