@@ -132,8 +132,8 @@ class DataArguments:
     lead_pairs_clause_end: bool = field(
         default=False,
         metadata={
-            "help": "End each lead pair's target before the last clause-ending punctuation mark (，。！？；： and their "
-            "ASCII forms) within max_target_length, so that the model learns to end a title with a clause "
+            "help": "End each lead pair's target before the last clause-ending mark (，。！？；： and their ASCII "
+            "forms) within max_target_length, so that the model learns to end a title with a clause "
             "instead of at the length limit."
         },
     )

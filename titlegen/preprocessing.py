@@ -107,6 +107,6 @@ MIN_CLAUSE_TARGET = 8
 
 
 def clause_end_arguments(tokenizer) -> dict:
-    """`lead_pairs` arguments that end targets at a clause: the token ids of `CLAUSE_ENDS` in `tokenizer`'s vocabulary."""
+    """`lead_pairs` arguments that end targets at a clause: the ids of `CLAUSE_ENDS` in `tokenizer`'s vocabulary."""
     vocab = tokenizer.get_vocab()
     return {"clause_ends": {vocab[c] for c in CLAUSE_ENDS if c in vocab}, "min_target_length": MIN_CLAUSE_TARGET}
