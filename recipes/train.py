@@ -47,7 +47,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen import TitlegenError, __version__
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
     from titlegen.config import resolved_config, save_config
-    from titlegen.data import read_jsonl, split_records, write_jsonl
+    from titlegen.data import normalize_text, read_jsonl, split_records, write_jsonl
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
     from titlegen.lora import add_lora, merge_adapter
@@ -65,6 +65,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     )
     from titlegen.plotting import plot_learning_curves
     from titlegen.preprocessing import clause_end_arguments, lead_pairs, make_tokenize_fn, to_features
+    from titlegen.spans import encode_articles, uses_slots
     from titlegen.tokenizer import train_tokenizer
     from titlegen.trainer import TitleTrainer
 
@@ -115,8 +116,14 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                         data_args.train_file,
                     )
                     texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
+                    if model_args.tokenizer_copy_slots:
+                        texts = encode_articles([normalize_text(t) for t in texts])[0]
                     tokenizer = train_tokenizer(
-                        texts, tokenizer_dir, model_args.tokenizer_vocab_size, model_type=model_args.tokenizer_type
+                        texts,
+                        tokenizer_dir,
+                        model_args.tokenizer_vocab_size,
+                        model_type=model_args.tokenizer_type,
+                        copy_slots=model_args.tokenizer_copy_slots,
                     )
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
     if model_args.freeze_encoder:
@@ -134,6 +141,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         data_args.max_target_length,
         training_args.generation_num_beams or 1,
         article_tokens_only=run_args.generation_article_tokens_only,
+        no_repeat_ngram_size=run_args.generation_no_repeat_ngram_size,
     )
     model.generation_config = generation_config
 
@@ -170,6 +178,10 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
             logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
             train_dataset = concatenate_datasets([train_dataset, leads])
 
+    # The evaluation articles' copy-slot spans, which turn generated slots back into words and numbers.
+    eval_spans = None
+    if uses_slots(tokenizer):
+        eval_spans = encode_articles([normalize_text(r[data_args.text_column]) for r in eval_records])[1]
     callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
@@ -183,7 +195,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
         compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
         compute_metrics=(
-            build_compute_metrics(tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset))
+            build_compute_metrics(
+                tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset), spans=eval_spans
+            )
             if training_args.predict_with_generate
             else None
         ),
@@ -209,7 +223,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     trainer.log_metrics("eval", prediction.metrics)
     trainer.save_metrics("eval", prediction.metrics)
     if training_args.predict_with_generate and trainer.is_world_process_zero():
-        titles = decode_titles(tokenizer, prediction.predictions[: len(eval_records)])  # see build_compute_metrics
+        titles = decode_titles(tokenizer, prediction.predictions[: len(eval_records)], eval_spans)  # as in the metric
         write_jsonl(
             output_dir / "eval_predictions.jsonl",
             ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records, strict=True)),

@@ -60,6 +60,13 @@ class ModelArguments:
             "choices": ["unigram", "char"],
         },
     )
+    tokenizer_copy_slots: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the tokenizer with copy slots: each distinct Latin word or number of an article becomes "
+            "one token, in the article and its title alike, which the model copies whole (titlegen/spans.py)."
+        },
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Train only the decoder: the encoder's parameters stay fixed."}
@@ -152,6 +159,13 @@ class RunArguments:
         metadata={
             "help": "Titles use only tokens of their own article (and end-of-title), in evaluation and as the "
             "saved model's default: fewer miscopied characters for a small model trained from scratch."
+        },
+    )
+    generation_no_repeat_ngram_size: int = field(
+        default=0,
+        metadata={
+            "help": "Titles never repeat a sequence of this many tokens (GenerationConfig's no_repeat_ngram_size), "
+            "in evaluation and as the saved model's default; 0 allows any. A guard against titles that loop."
         },
     )
     early_stopping_patience: int | None = field(

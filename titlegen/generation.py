@@ -20,7 +20,9 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
 from titlegen.characters import WholeCharacters, byte_piece_ids, drop_broken_characters
+from titlegen.data import normalize_text
 from titlegen.preprocessing import source_texts
+from titlegen.spans import decode_title, encode_articles, uses_slots
 
 # transformers samples from the 50 likeliest tokens unless top_k says otherwise.
 DEFAULT_TOP_K = 50
@@ -39,7 +41,9 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def title_generation_config(model, max_new_tokens: int, num_beams: int = 1, article_tokens_only: bool = False):
+def title_generation_config(
+    model, max_new_tokens: int, num_beams: int = 1, article_tokens_only: bool = False, no_repeat_ngram_size: int = 0
+):
     """A generation config that writes whole titles: max_new_tokens set, no other lengths.
 
     Setting only max_new_tokens avoids generate's default max_length=20, which cuts titles short.
@@ -54,6 +58,7 @@ def title_generation_config(model, max_new_tokens: int, num_beams: int = 1, arti
         decoder_start_token_id=config.decoder_start_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     if article_tokens_only:
         setattr(generation_config, ARTICLE_TOKENS_ONLY, True)
@@ -65,13 +70,18 @@ def is_article_tokens_only(config) -> bool:
     return bool(getattr(config, ARTICLE_TOKENS_ONLY, False))
 
 
-def decode_titles(tokenizer, token_ids) -> list[str]:
-    """Decodes generated (or label) token ids to titles; -100 padding is treated as pad."""
+def decode_titles(tokenizer, token_ids, spans: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """Decodes generated (or label) token ids to titles; -100 padding is treated as pad.
+
+    With a tokenizer that has copy slots, `spans` gives each title's article spans (`titlegen.spans`).
+    """
     import numpy as np
 
     token_ids = np.where(np.asarray(token_ids) < 0, tokenizer.pad_token_id, token_ids)
-    titles = tokenizer.batch_decode(token_ids, skip_special_tokens=True)
-    return [drop_broken_characters(t).strip() for t in titles]
+    titles = [drop_broken_characters(t) for t in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+    if spans is not None:
+        titles = [decode_title(t, s) for t, s in zip(titles, spans, strict=True)]
+    return [t.strip() for t in titles]
 
 
 def generate_titles(
@@ -115,6 +125,9 @@ def generate_titles(
     import torch
     from tqdm.auto import tqdm
 
+    spans = None
+    if uses_slots(tokenizer):
+        articles, spans = encode_articles([normalize_text(a) for a in articles])
     texts = source_texts(list(articles), source_prefix)
     encoded = tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"]
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
@@ -148,7 +161,7 @@ def generate_titles(
             )
             arguments = {**generate_kwargs, **batch_arguments}
             output = model.generate(**inputs, **arguments)
-            batch_titles = decode_titles(tokenizer, output.cpu())
+            batch_titles = decode_titles(tokenizer, output.cpu(), None if spans is None else [spans[i] for i in batch])
             for i, title in zip(batch, batch_titles, strict=True):
                 titles[i] = title
             if on_batch is not None:

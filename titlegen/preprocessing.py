@@ -7,6 +7,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from titlegen import TitlegenError
 from titlegen.data import normalize_text
+from titlegen.spans import encode_articles, encode_title, uses_slots
 
 
 def source_texts(articles: list[str], source_prefix: str = "") -> list[str]:
@@ -25,15 +26,21 @@ def make_tokenize_fn(
     """A batched ``datasets.map`` function giving ``input_ids``, ``attention_mask`` and ``labels``.
 
     Labels are left unpadded; ``DataCollatorForSeq2Seq`` pads them with -100 per batch so that padding
-    is ignored by the loss.
+    is ignored by the loss. With a tokenizer that has copy slots, articles and titles are encoded with them.
     """
 
+    slots = uses_slots(tokenizer)
+
     def tokenize(batch: dict) -> dict:
-        features = tokenizer(
-            source_texts(batch[text_column], source_prefix), max_length=max_source_length, truncation=True
-        )
+        if slots:
+            articles, spans = encode_articles([normalize_text(a) for a in batch[text_column]])
+        else:
+            articles = batch[text_column]
+        features = tokenizer(source_texts(articles, source_prefix), max_length=max_source_length, truncation=True)
         if summary_column in batch:
             titles = [normalize_text(t) for t in batch[summary_column]]
+            if slots:
+                titles = [encode_title(t, s) for t, s in zip(titles, spans, strict=True)]
             features["labels"] = tokenizer(text_target=titles, max_length=max_target_length, truncation=True)[
                 "input_ids"
             ]
