@@ -71,5 +71,6 @@ def decode_title(text: str, spans: Sequence[str]) -> str:
 
     Two slots next to each other are two words: a space goes between them.
     """
+    text = _SLOT.sub(lambda m: m.group(0) if int(m.group(1)) < len(spans) else "", text)
     text = re.sub(r"(<w\d+>)(?=<w\d+>)", r"\1 ", text)
-    return _SLOT.sub(lambda m: spans[int(m.group(1))] if int(m.group(1)) < len(spans) else "", text).strip()
+    return _SLOT.sub(lambda m: spans[int(m.group(1))], text).strip()
