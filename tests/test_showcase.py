@@ -17,10 +17,8 @@ PREDICTIONS = [
 def test_the_table_shows_openings_titles_and_references_and_scores_model_and_lead_alike():
     report = showcase(ARTICLES, REFERENCES, PREDICTIONS, rows=1, segmenters=["char"])
     lines = report.splitlines()
-    assert (
-        lines[2]
-        == "| 臺北市政府今天宣布，明年起將在全市增設五十座公共自行車站，並延長夜間營運… | 臺北市明年起增設五十座公共自行車站 | 北市明年增設五十座公共自行車站 |"
-    )
+    opening = ARTICLES[0]["maintext"][:36]
+    assert lines[2] == f"| {opening}… | {PREDICTIONS[0]['title']} | {REFERENCES[1]['title']} |"
     assert "氣象局" not in report, "one row asked for"
     model = next(line for line in lines if line.startswith("| model |"))
     lead30 = next(line for line in lines if line.startswith("| lead-30 |"))
