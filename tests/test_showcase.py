@@ -23,5 +23,5 @@ def test_the_table_shows_openings_titles_and_references_and_scores_model_and_lea
     model = next(line for line in lines if line.startswith("| model |"))
     lead30 = next(line for line in lines if line.startswith("| lead-30 |"))
     assert float(model.split("|")[2].split("/")[0]) > float(lead30.split("|")[2].split("/")[0])
-    assert "mean 15.0, median 15, 15-15" in next(line for line in lines if line.startswith("| reference |"))
+    assert "mean 15.5, median 15.5, 15-16" in next(line for line in lines if line.startswith("| reference |"))
     assert lead([" 北市\n明年 "], 3) == ["北市 "]
