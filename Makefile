@@ -38,8 +38,8 @@ lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-data:  ## download LCSTS and the course sample into DATA (or titlegen-data's default folder), checksums checked
-	titlegen-data $(if $(filter command line environment,$(origin DATA)),--output_dir $(DATA)) $(ARGS)
+data:  ## download LCSTS and the course sample into DATA, checksums checked
+	titlegen-data --output_dir $(DATA) $(ARGS)
 
 train:  ## make train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
 	titlegen-train --config $(CONFIG) $(ARGS)

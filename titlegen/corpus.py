@@ -95,10 +95,8 @@ def fetch(name: str, source: str) -> bytes:
             data = response.read()
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise TitlegenError(
-            f"cannot read {url}: {reason}. Without network, copy the original files into a folder and pass "
-            "--source FOLDER"
-        ) from err
+        hint = "" if url.startswith("file:") else ". Without network, put the original files in a folder: --source FOLDER"
+        raise TitlegenError(f"cannot read {url}: {reason}{hint}") from err
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256[name]:
         raise TitlegenError(f"{url}: SHA-256 {digest} is not the pinned {SHA256[name]}; refusing the file")
@@ -195,5 +193,9 @@ def _main(argv: Sequence[str] | None) -> None:
     )
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir or os.environ.get(DATA_ENV) or default_download_dir())
-    for path in download(output_dir, args.source):
+    try:
+        written = download(output_dir, args.source)
+    except OSError as err:
+        raise TitlegenError(f"{err.filename or output_dir}: cannot write ({err.strerror})") from err
+    for path in written:
         print(path)
