@@ -95,7 +95,7 @@ def fetch(name: str, source: str) -> bytes:
             data = response.read()
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        hint = "" if url.startswith("file:") else ". Without network, put the original files in a folder: --source FOLDER"
+        hint = "" if url.startswith("file:") else ". Offline, put the original files in a folder: --source FOLDER"
         raise TitlegenError(f"cannot read {url}: {reason}{hint}") from err
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256[name]:
