@@ -28,10 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from titlegen.corpus import data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-LCSTS = ROOT.parent / "shared" / "data" / "lcsts"
+LCSTS = data_dir() / "lcsts"
 MAX_SOURCE_LENGTH = 256  # titlegen's default; LCSTS articles are ~110 characters, so nothing is cut
 
 
