@@ -138,10 +138,11 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
     generation_config = title_generation_config(
         model,
-        data_args.max_target_length,
+        run_args.generation_max_new_tokens or data_args.max_target_length,
         training_args.generation_num_beams or 1,
         article_tokens_only=run_args.generation_article_tokens_only,
         no_repeat_ngram_size=run_args.generation_no_repeat_ngram_size,
+        no_loops=run_args.generation_no_loops,
     )
     model.generation_config = generation_config
 

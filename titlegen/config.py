@@ -161,11 +161,25 @@ class RunArguments:
             "saved model's default: fewer miscopied characters for a small model trained from scratch."
         },
     )
+    generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "The longest title generated, in tokens, in evaluation and as the saved model's default "
+            "(default: max_target_length)."
+        },
+    )
     generation_no_repeat_ngram_size: int = field(
         default=0,
         metadata={
             "help": "Titles never repeat a sequence of this many tokens (GenerationConfig's no_repeat_ngram_size), "
             "in evaluation and as the saved model's default; 0 allows any. A guard against titles that loop."
+        },
+    )
+    generation_no_loops: bool = field(
+        default=False,
+        metadata={
+            "help": "Titles never hold a unit of 1-4 tokens three times in a row unless their article does "
+            "(titlegen/loops.py), in evaluation and as the saved model's default: a guard against titles that loop."
         },
     )
     early_stopping_patience: int | None = field(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from titlegen.characters import WholeCharacters, byte_piece_ids, drop_broken_characters
 from titlegen.data import normalize_text
+from titlegen.loops import NO_LOOPS, NoLoops, is_no_loops
 from titlegen.preprocessing import source_texts
 from titlegen.spans import decode_title, encode_articles, uses_slots
 
@@ -42,12 +43,18 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
 
 
 def title_generation_config(
-    model, max_new_tokens: int, num_beams: int = 1, article_tokens_only: bool = False, no_repeat_ngram_size: int = 0
+    model,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    article_tokens_only: bool = False,
+    no_repeat_ngram_size: int = 0,
+    no_loops: bool = False,
 ):
     """A generation config that writes whole titles: max_new_tokens set, no other lengths.
 
     Setting only max_new_tokens avoids generate's default max_length=20, which cuts titles short.
-    `article_tokens_only` is kept in the config (and its generation_config.json) for `generate_titles`.
+    `article_tokens_only` and `no_loops` (`titlegen.loops`) are kept in the config (and its generation_config.json)
+    for `generate_titles`.
     """
     from transformers import GenerationConfig
 
@@ -62,6 +69,8 @@ def title_generation_config(
     )
     if article_tokens_only:
         setattr(generation_config, ARTICLE_TOKENS_ONLY, True)
+    if no_loops:
+        setattr(generation_config, NO_LOOPS, True)
     return generation_config
 
 
@@ -141,6 +150,7 @@ def generate_titles(
         no_grad, autocast = torch.inference_mode(), contextlib.nullcontext()
     config = copy.deepcopy(generate_kwargs.get("generation_config") or model.generation_config)
     restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, is_article_tokens_only(config))
+    no_loops = generate_kwargs.pop(NO_LOOPS, is_no_loops(config))
     byte_ids = byte_piece_ids(tokenizer)
     config.update(**generate_kwargs)
     done = done or {}
@@ -157,7 +167,7 @@ def generate_titles(
         for batch in todo:
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
             batch_arguments = _batch_arguments(
-                model, config, inputs, [texts[i] for i in batch], seed, restrict, byte_ids
+                model, config, inputs, [texts[i] for i in batch], seed, restrict, byte_ids, no_loops
             )
             arguments = {**generate_kwargs, **batch_arguments}
             output = model.generate(**inputs, **arguments)
@@ -189,10 +199,18 @@ def _eager_attention_on_cpu(model):
 
 
 def _batch_arguments(
-    model, config, inputs, texts: list[str], seed: int | None, restrict: bool, byte_ids: dict[int, int] | None = None
+    model,
+    config,
+    inputs,
+    texts: list[str],
+    seed: int | None,
+    restrict: bool,
+    byte_ids: dict[int, int] | None = None,
+    no_loops: bool = False,
 ) -> dict:
     """generate arguments for one batch: the beam search cache or per-article sampling, `restrict` titles to
-    their articles' tokens, and keep byte pieces in whole characters (the tokenizer's `byte_ids`, if any)."""
+    their articles' tokens, keep byte pieces in whole characters (the tokenizer's `byte_ids`, if any) and guard
+    against `no_loops`."""
     from transformers import LogitsProcessorList
 
     arguments = {}
@@ -205,10 +223,14 @@ def _batch_arguments(
         # First, so that sampling warpers see only the allowed tokens.
         processors = [ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], model.config.eos_token_id)]
         arguments["logits_processor"] = LogitsProcessorList(processors + list(arguments.get("logits_processor", [])))
+    guards = []
     if byte_ids:
+        guards.append(WholeCharacters(byte_ids, model.config.vocab_size, model.config.eos_token_id))
+    if no_loops:
+        guards.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
+    if guards:
         # First: the sampling processors that follow only add noise to the tokens left.
-        whole = WholeCharacters(byte_ids, model.config.vocab_size, model.config.eos_token_id)
-        arguments["logits_processor"] = LogitsProcessorList([whole, *arguments.get("logits_processor", [])])
+        arguments["logits_processor"] = LogitsProcessorList([*guards, *arguments.get("logits_processor", [])])
     return arguments
 
 

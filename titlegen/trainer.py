@@ -9,12 +9,13 @@ from transformers import LogitsProcessorList, Seq2SeqTrainer
 
 from titlegen.characters import WholeCharacters, byte_piece_ids
 from titlegen.generation import ArticleTokensOnly, is_article_tokens_only
+from titlegen.loops import NoLoops, is_no_loops
 
 
 class TitleTrainer(Seq2SeqTrainer):
     """A ``Seq2SeqTrainer`` that leaves the model's generation config as it was given, and keeps each title
-    to its article's tokens when the config says ``article_tokens_only`` and its byte pieces in whole characters (as
-    ``generate_titles`` does).
+    to its article's tokens when the config says ``article_tokens_only``, without loops when it says ``no_loops``, and
+    its byte pieces in whole characters (as ``generate_titles`` does).
 
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
@@ -28,6 +29,8 @@ class TitleTrainer(Seq2SeqTrainer):
         processors = []
         if is_article_tokens_only(generation_config):
             processors.append(ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], eos_token_id))
+        if is_no_loops(generation_config):
+            processors.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
         if self._byte_ids():
             processors.append(WholeCharacters(self._byte_ids(), self.model.config.vocab_size, eos_token_id))
         if processors and self.args.predict_with_generate and not prediction_loss_only:
