@@ -53,6 +53,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen.config import resolved_config, save_config
     from titlegen.data import normalize_text, read_jsonl, split_records, write_json, write_jsonl
     from titlegen.generation import is_article_tokens_only, title_generation_config
+    from titlegen.loops import is_no_loops
     from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import configure_cpu, count_parameters, load_model, load_tokenizer
@@ -71,6 +72,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         save_checkpoint,
         trainable_state,
     )
+    from titlegen.spans import encode_articles, encode_title, uses_slots
 
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
@@ -115,7 +117,9 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     restrict = args.generation_article_tokens_only
     if restrict is None:
         restrict = is_article_tokens_only(policy.generation_config)
-    policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams, restrict)
+    policy.generation_config = title_generation_config(
+        policy, data_args.max_target_length, num_beams, restrict, no_loops=is_no_loops(policy.generation_config)
+    )
     reference = None
     if args.use_lora:
         policy = add_lora(policy, args.lora_r, args.lora_alpha, dropout=0.0)  # no dropout in RL (titlegen/rl.py)
@@ -129,6 +133,9 @@ def rl(argv: Sequence[str] | None = None) -> dict:
                                 data_args.source_prefix)  # fmt: skip
     features = tokenize({text: [r[text] for r in train_records], summary: [r[summary] for r in train_records]})
     references = [normalize_text(r[summary]) for r in train_records]
+    if uses_slots(tokenizer):  # rewards compare titles as sampled, with their copy slots (titlegen/spans.py)
+        spans = encode_articles([normalize_text(r[text]) for r in train_records])[1]
+        references = [encode_title(t, s) for t, s in zip(references, spans, strict=True)]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
     optimizer = torch.optim.AdamW(
