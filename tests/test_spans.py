@@ -42,6 +42,11 @@ def test_titles_use_their_article_slots_and_decode_to_the_words():
     assert decode_title("<w3><w40>版", spans) == "Windows版", "a slot the article lacks is dropped"
 
 
+def test_a_line_break_of_an_article_ends_a_sentence_and_a_titles_space_stays():
+    assert encode_article("文．洪寶山 疫情改變全球 Windows 7 已經")[0] == "文．洪寶山。疫情改變全球<w0><w1>已經"
+    assert encode_title("產業發展變革 台灣的優勢", []) == "產業發展變革 台灣的優勢"
+
+
 def test_slots_beyond_the_last_stay_as_text():
     text, spans = encode_article(" ".join(f"a{i}" for i in range(len(SLOT_TOKENS) + 2)))
     assert len(spans) == len(SLOT_TOKENS) and text.endswith("<w31>a32 a33")
