@@ -1,4 +1,4 @@
-# titlegen: `make install` then `make test`. Variables: PYTHON, CONFIG, ARGS, IN, OUT, MODEL.
+# titlegen: `make install` then `make test`. Variables: PYTHON, DATA, CONFIG, ARGS, IN, OUT, MODEL.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 CONFIG ?= trainer_args/mt5_small_full.yaml
@@ -6,27 +6,47 @@ RL_CONFIG ?= trainer_args/rl_scst.yaml
 MODEL ?= outputs/mt5_small_full
 OUT ?= predictions.jsonl
 ARGS ?=
-DATA := ../shared/data
 
-.PHONY: install test lint train predict eval demo bench
+# Where titlegen is installed and runs: PYTHON's own environment when it is a virtual one (an active one
+# included), else .venv, which `make install` creates (a system Python such as Debian's refuses pip, PEP 668).
+VENV := .venv
+ifeq ($(shell $(PYTHON) -c "import sys; print(sys.prefix != sys.base_prefix)" 2>/dev/null),True)
+  PY := $(PYTHON)
+  BIN := $(shell $(PYTHON) -c "import os, sys; print(os.path.dirname(sys.executable))")
+else
+  PY := $(VENV)/bin/python
+  BIN := $(VENV)/bin
+endif
+export PATH := $(abspath $(BIN)):$(PATH)
 
-install:  ## torch first (pinned, so pip does not pull a CUDA build on CPU machines), then titlegen
-	$(PYTHON) -m pip install "$(TORCH)"
-	$(PYTHON) -m pip install -e ".[dev]"
+# The data folder: DATA=DIR or $$TITLEGEN_DATA, else ../shared/data where present, else where titlegen-data
+# writes (titlegen/corpus.py). Passed on as TITLEGEN_DATA, which the configs' paths name.
+DATA ?= $(shell $(PYTHON) -c "from titlegen.corpus import data_dir; print(data_dir())" 2>/dev/null)
+export TITLEGEN_DATA := $(DATA)
+
+.PHONY: install test lint train predict eval demo bench data
+
+install:  ## into PYTHON's virtual environment, else into .venv (created): torch first (pinned, so pip does not pull a CUDA build on CPU machines), then titlegen
+	@test "$(PY)" = "$(PYTHON)" || test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[dev]"
 
 test:  ## the whole suite, CPU only (a few minutes)
-	$(PYTHON) -m pytest -q
+	$(PY) -m pytest -q
 
 lint:
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+data:  ## download LCSTS and the course sample into DATA, checksums checked
+	titlegen-data --output_dir $(DATA) $(ARGS)
 
 train:  ## make train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
 	titlegen-train --config $(CONFIG) $(ARGS)
 
 predict:  ## make predict IN=public.jsonl [OUT=predictions.jsonl] [MODEL=outputs/...]
 	@test -n "$(IN)" || { echo "usage: make predict IN=path.jsonl [OUT=...] [MODEL=...]"; exit 2; }
-	TITLEGEN_MODEL=$(MODEL) bash run.sh $(IN) $(OUT) $(ARGS)
+	TITLEGEN_MODEL=$(MODEL) PYTHON=$(PY) bash run.sh $(IN) $(OUT) $(ARGS)
 
 .PHONY: serve
 serve:  ## make serve MODEL=outputs/tiny_offline [ARGS="--port 8080 --strategy beam"]: the HTTP API and page (README: serving)
@@ -36,17 +56,18 @@ serve:  ## make serve MODEL=outputs/tiny_offline [ARGS="--port 8080 --strategy b
 rl:  ## make rl ARGS="--model outputs/tiny_offline [--key value ...]" [RL_CONFIG=trainer_args/rl_scst.yaml]
 	titlegen-rl --config $(RL_CONFIG) $(ARGS)
 
-demo:  ## offline, ~10 minutes on 2 CPU cores: train from scratch on LCSTS, predict the course sample, score
+demo:  ## offline, under 10 minutes on 2 CPU cores: train from scratch on LCSTS, title the course sample, score, show
+	@test -f "$(DATA)/lcsts/train.zh-tw.jsonl" || { echo "no LCSTS in '$(DATA)': run 'make data' (or set DATA=DIR)"; exit 2; }
 	rm -rf outputs/demo
 	titlegen-train --config trainer_args/tiny_offline.yaml --output_dir outputs/demo $(ARGS)
-	TITLEGEN_MODEL=outputs/demo bash run.sh $(DATA)/adl-news/sample_test.jsonl outputs/demo/sample_predictions.jsonl
-	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter char
+	TITLEGEN_MODEL=outputs/demo PYTHON=$(PY) bash run.sh $(DATA)/adl-news/sample_test.jsonl outputs/demo/sample_predictions.jsonl
 	titlegen-eval -r $(DATA)/adl-news/sample_submission.jsonl -s outputs/demo/sample_predictions.jsonl --segmenter auto
-	@head -n 5 outputs/demo/sample_predictions.jsonl
+	$(PY) -m titlegen.showcase --articles $(DATA)/adl-news/sample_test.jsonl \
+		--references $(DATA)/adl-news/sample_submission.jsonl --predictions outputs/demo/sample_predictions.jsonl
 
 bench:  ## every benchmark in bench/ on real data (see bench/README.md; the quality one trains for 40 minutes)
-	for f in bench/[!_]*.py; do echo "== $$f"; $(PYTHON) -m bench.$$(basename $$f .py) $(ARGS) || exit 1; done
+	for f in bench/[!_]*.py; do echo "== $$f"; $(PY) -m bench.$$(basename $$f .py) $(ARGS) || exit 1; done
 
 .PHONY: bench-peft
 bench-peft:  ## trainable parameters, s/step and peak memory: full, LoRA, decoder-only, pruned vocabulary (~10 min)
-	$(PYTHON) -m bench.peft_cost $(ARGS)
+	$(PY) -m bench.peft_cost $(ARGS)

@@ -15,4 +15,9 @@ input="$1"
 output="$2"
 shift 2
 export PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" -m titlegen.recipes.predict --model "$model" --input "$input" --output "$output" "$@"
+# The interpreter: $PYTHON, else the .venv that `make install` creates without an active virtual environment.
+python="${PYTHON:-python3}"
+if [ -z "${PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$here/.venv/bin/python" ]; then
+    python="$here/.venv/bin/python"
+fi
+exec "$python" -m titlegen.recipes.predict --model "$model" --input "$input" --output "$output" "$@"

@@ -7,8 +7,10 @@ import os
 import platform
 from pathlib import Path
 
+from titlegen.corpus import data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-LCSTS = ROOT.parent / "shared" / "data" / "lcsts"
+LCSTS = data_dir() / "lcsts"  # $TITLEGEN_DATA, else ../shared/data (titlegen/corpus.py)
 
 
 def machine() -> str:

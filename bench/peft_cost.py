@@ -31,8 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from titlegen.corpus import data_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-LCSTS = ROOT.parent / "shared" / "data" / "lcsts"
+LCSTS = data_dir() / "lcsts"
 RESULTS = ROOT / "bench" / "results"
 VOCAB_SIZE = 250_112  # mT5's embedding rows (MT5Config's default)
 TOKENIZER_SIZE = 32_000

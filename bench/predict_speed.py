@@ -155,7 +155,7 @@ def quality_model(args) -> Path:
     """The trained model of the quality part: --quality_model, or one trained here once."""
     if args.quality_model is not None or QUALITY_MODEL.is_dir():
         return Path(args.quality_model or QUALITY_MODEL)
-    from recipes.train import train
+    from titlegen.recipes.train import train
 
     print(f"training {QUALITY_MODEL} with tiny_offline.yaml for {args.quality_steps} steps ...", flush=True)
     train(

@@ -45,10 +45,8 @@ def supervised_model(model: str | None) -> Path:
     return sft
 
 
-def evaluate(
-    model_dir: Path, max_source_length: int, max_new_tokens: int, num_beams: int, article_tokens_only: bool
-) -> dict[str, tuple[dict, list[str]]]:
-    """Titles for every article of each split, scored with the char segmenter."""
+def evaluate(model_dir: Path, max_source_length: int, generation_config) -> dict[str, tuple[dict, list[str]]]:
+    """Titles for every article of each split, decoded as `generation_config` says, scored with the char segmenter."""
     from titlegen.data import read_jsonl
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import load_model, load_tokenizer
@@ -60,8 +58,7 @@ def evaluate(
         records = read_jsonl(path, fields=("id", "maintext", "title"))
         results[split] = evaluate_titles(
             model, tokenizer, [r["maintext"] for r in records], [r["title"] for r in records], get_segmenter("char"),
-            max_new_tokens=max_new_tokens, num_beams=num_beams, article_tokens_only=article_tokens_only, batch_size=64,
-            max_source_length=max_source_length, progress=False,
+            generation_config=generation_config, batch_size=64, max_source_length=max_source_length, progress=False,
         )  # fmt: skip
     return results
 
@@ -96,8 +93,7 @@ def main() -> None:
     )
     decoded = GenerationConfig.from_pretrained(out)  # the decoding the RL run validated with
     num_beams, restrict = decoded.num_beams, is_article_tokens_only(decoded)
-    settings = data_args.max_source_length, data_args.max_target_length, num_beams, restrict
-    before, after = evaluate(start_model, *settings), evaluate(out, *settings)
+    before, after = (evaluate(model, data_args.max_source_length, decoded) for model in (start_model, out))
     batch, k = training_args.per_device_train_batch_size, rl_args.num_return_sequences
 
     evals = [r for r in read_jsonl(out / "rl_log.jsonl", fields=()) if "eval_rouge-l" in r]

@@ -38,6 +38,7 @@ def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
         "--num_train_epochs", "2",
         "--per_device_train_batch_size", "4",
         "--max_target_length", "16",
+        "--generation_max_new_tokens", "16",
         "--learning_rate", "1e-2",
         "--lead_pairs", "0",  # the tests count steps of the 12 fixture pairs
         "--generation_num_beams", "1",  # plain greedy: the tests compare titles with greedy generation

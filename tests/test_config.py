@@ -9,6 +9,7 @@ from titlegen.config import (
     resolved_config,
     save_config,
 )
+from titlegen.corpus import expand_data_dir
 from titlegen.modeling import build_model
 from titlegen.recipes import predict, train
 from titlegen.rl import config as rl_config
@@ -31,6 +32,7 @@ def test_every_config_loads(path):
     for name, value in values.items():
         obj = next(o for o in instances if hasattr(o, name))
         got = getattr(obj, name)
+        value = expand_data_dir(value)  # ${TITLEGEN_DATA} stands for the data folder
         assert getattr(got, "value", got) == value or got == value, name
     assert path.read_text().startswith("#"), "a config starts with a comment saying what it is for"
     assert "titlegen-" in path.read_text().split("\n\n")[0], "its header names the command that runs it"

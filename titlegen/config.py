@@ -65,6 +65,13 @@ class ModelArguments:
             "choices": ["unigram", "char"],
         },
     )
+    tokenizer_copy_slots: bool = field(
+        default=False,
+        metadata={
+            "help": "Train the tokenizer with copy slots: each distinct Latin word or number of an article becomes "
+            "one token, in the article and its title alike, which the model copies whole (titlegen/spans.py)."
+        },
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models are cached."})
     freeze_encoder: bool = field(
         default=False, metadata={"help": "Train only the decoder: the encoder's parameters stay fixed."}
@@ -145,6 +152,14 @@ class DataArguments:
             "max": 1,
         },
     )
+    lead_pairs_clause_end: bool = field(
+        default=False,
+        metadata={
+            "help": "End each lead pair's target before the last clause-ending mark (，。！？；： and their ASCII "
+            "forms) within max_target_length, so that the model learns to end a title with a clause "
+            "instead of at the length limit."
+        },
+    )
 
 
 @dataclass
@@ -172,6 +187,31 @@ class RunArguments:
             "help": "What writes the titles of each evaluation: transformers' generate, or ct2 (the model exported "
             "to CTranslate2 at each evaluation, int8 on CPU; README, CTranslate2).",
             "choices": ["transformers", "ct2"],
+        },
+    )
+    generation_max_new_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "The longest title generated, in tokens, in evaluation and as the saved model's default "
+            "(default: max_target_length).",
+            "min": 1,
+        },
+    )
+    generation_no_repeat_ngram_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Titles never repeat a sequence of this many tokens (GenerationConfig's no_repeat_ngram_size), "
+            "in evaluation and as the saved model's default; 0 allows any. A guard against titles that loop. "
+            "Default: as the starting model's generation config says (0 for a new model).",
+            "min": 0,
+        },
+    )
+    generation_no_loops: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Titles never hold a unit of 1-4 tokens three times in a row unless their article does "
+            "(titlegen/loops.py), in evaluation and as the saved model's default: a guard against titles that loop. "
+            "Default: as the starting model's generation config says (off for a new model)."
         },
     )
     early_stopping_patience: int | None = field(
@@ -255,6 +295,10 @@ class DecodingArguments:
     length_penalty: float | None = field(default=None, metadata={"help": "Beam score length exponent."})
     article_tokens_only: bool | None = field(
         default=None, metadata={"help": "Titles use only tokens of their own article (and end-of-title)."}
+    )
+    no_loops: bool | None = field(
+        default=None,
+        metadata={"help": "Titles never hold a unit of 1-4 tokens three times in a row unless their article does."},
     )
 
     def generate_arguments(self) -> dict[str, Any]:
@@ -380,10 +424,15 @@ def check_keys(keys: Sequence[str], types: Sequence[type], source: str) -> None:
 
 
 def load_config_file(path: str, types: Sequence[type]) -> dict[str, Any]:
-    """Loads a YAML config and checks that every key is a field of one of `types`."""
+    """Loads a YAML config and checks that every key is a field of one of `types`.
+
+    ``${TITLEGEN_DATA}`` in a value stands for the data folder (`titlegen.corpus.data_dir`).
+    """
+    from titlegen.corpus import expand_data_dir
+
     values = _yaml_load(path)
     check_keys(list(values), types, path)
-    return values
+    return {key: expand_data_dir(value) for key, value in values.items()}
 
 
 def _parser(types: Sequence[type], description: str | None):

@@ -19,7 +19,11 @@ import functools
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
+from titlegen.characters import WholeCharacters, byte_piece_ids, drop_broken_characters
+from titlegen.data import normalize_text
+from titlegen.loops import NO_LOOPS, NoLoops, is_no_loops
 from titlegen.preprocessing import source_texts
+from titlegen.spans import decode_title, encode_articles, uses_slots
 
 # transformers samples from the 50 likeliest tokens unless top_k says otherwise.
 DEFAULT_TOP_K = 50
@@ -38,11 +42,19 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def title_generation_config(model, max_new_tokens: int, num_beams: int = 1, article_tokens_only: bool = False):
+def title_generation_config(
+    model,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    article_tokens_only: bool = False,
+    no_repeat_ngram_size: int = 0,
+    no_loops: bool = False,
+):
     """A generation config that writes whole titles: max_new_tokens set, no other lengths.
 
     Setting only max_new_tokens avoids generate's default max_length=20, which cuts titles short.
-    `article_tokens_only` is kept in the config (and its generation_config.json) for `generate_titles`.
+    `article_tokens_only` and `no_loops` (`titlegen.loops`) are kept in the config (and its generation_config.json)
+    for `generate_titles`.
     """
     from transformers import GenerationConfig
 
@@ -53,9 +65,12 @@ def title_generation_config(model, max_new_tokens: int, num_beams: int = 1, arti
         decoder_start_token_id=config.decoder_start_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
+        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     if article_tokens_only:
         setattr(generation_config, ARTICLE_TOKENS_ONLY, True)
+    if no_loops:
+        setattr(generation_config, NO_LOOPS, True)
     return generation_config
 
 
@@ -64,12 +79,33 @@ def is_article_tokens_only(config) -> bool:
     return bool(getattr(config, ARTICLE_TOKENS_ONLY, False))
 
 
-def decode_titles(tokenizer, token_ids) -> list[str]:
-    """Decodes generated (or label) token ids to titles; -100 padding is treated as pad."""
+def article_inputs(
+    tokenizer, articles: Sequence[str], max_source_length: int, source_prefix: str = ""
+) -> tuple[list[str], list[list[int]], list[list[str]] | None]:
+    """What a model reads of each article: its text, its token ids (cut to `max_source_length`), and, with a
+    tokenizer that has copy slots, the article's spans that its title's slots stand for (else None).
+
+    Every engine encodes articles here, and decodes titles with `decode_titles`, so that they read and write alike.
+    """
+    spans = None
+    if uses_slots(tokenizer):
+        articles, spans = encode_articles([normalize_text(a) for a in articles])
+    texts = source_texts(list(articles), source_prefix)
+    return texts, tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"], spans
+
+
+def decode_titles(tokenizer, token_ids, spans: Sequence[Sequence[str]] | None = None) -> list[str]:
+    """Decodes generated (or label) token ids to titles; -100 padding is treated as pad.
+
+    With a tokenizer that has copy slots, `spans` gives each title's article spans (`titlegen.spans`).
+    """
     import numpy as np
 
     token_ids = np.where(np.asarray(token_ids) < 0, tokenizer.pad_token_id, token_ids)
-    return [t.strip() for t in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+    titles = [drop_broken_characters(t) for t in tokenizer.batch_decode(token_ids, skip_special_tokens=True)]
+    if spans is not None:
+        titles = [decode_title(t, s) for t, s in zip(titles, spans, strict=True)]
+    return [t.strip() for t in titles]
 
 
 def generate_titles(
@@ -113,8 +149,7 @@ def generate_titles(
     import torch
     from tqdm.auto import tqdm
 
-    texts = source_texts(list(articles), source_prefix)
-    encoded = tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"]
+    texts, encoded, spans = article_inputs(tokenizer, articles, max_source_length, source_prefix)
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
     device = next(model.parameters()).device
     if bf16:
@@ -126,6 +161,8 @@ def generate_titles(
         no_grad, autocast = torch.inference_mode(), contextlib.nullcontext()
     config = copy.deepcopy(generate_kwargs.get("generation_config") or model.generation_config)
     restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, is_article_tokens_only(config))
+    no_loops = generate_kwargs.pop(NO_LOOPS, is_no_loops(config))
+    byte_ids = byte_piece_ids(tokenizer)
     config.update(**generate_kwargs)
     done = done or {}
     titles: list[str | None] = [done.get(i) for i in range(len(texts))]
@@ -140,10 +177,12 @@ def generate_titles(
     ):
         for batch in todo:
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-            batch_arguments = _batch_arguments(model, config, inputs, [texts[i] for i in batch], seed, restrict)
+            batch_arguments = _batch_arguments(
+                model, config, inputs, [texts[i] for i in batch], seed, restrict, byte_ids, no_loops
+            )
             arguments = {**generate_kwargs, **batch_arguments}
             output = model.generate(**inputs, **arguments)
-            batch_titles = decode_titles(tokenizer, output.cpu())
+            batch_titles = decode_titles(tokenizer, output.cpu(), None if spans is None else [spans[i] for i in batch])
             for i, title in zip(batch, batch_titles, strict=True):
                 titles[i] = title
             if on_batch is not None:
@@ -170,9 +209,19 @@ def _eager_attention_on_cpu(model):
         model.set_attn_implementation(previous)
 
 
-def _batch_arguments(model, config, inputs, texts: list[str], seed: int | None, restrict: bool) -> dict:
-    """generate arguments for one batch: the beam search cache or per-article sampling, and `restrict`
-    titles to their articles' tokens."""
+def _batch_arguments(
+    model,
+    config,
+    inputs,
+    texts: list[str],
+    seed: int | None,
+    restrict: bool,
+    byte_ids: dict[int, int] | None = None,
+    no_loops: bool = False,
+) -> dict:
+    """generate arguments for one batch: the beam search cache or per-article sampling, `restrict` titles to
+    their articles' tokens, keep byte pieces in whole characters (the tokenizer's `byte_ids`, if any) and guard
+    against `no_loops`."""
     from transformers import LogitsProcessorList
 
     arguments = {}
@@ -185,6 +234,14 @@ def _batch_arguments(model, config, inputs, texts: list[str], seed: int | None, 
         # First, so that sampling warpers see only the allowed tokens.
         processors = [ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], model.config.eos_token_id)]
         arguments["logits_processor"] = LogitsProcessorList(processors + list(arguments.get("logits_processor", [])))
+    guards = []
+    if byte_ids:
+        guards.append(WholeCharacters(byte_ids, model.config.vocab_size, model.config.eos_token_id))
+    if no_loops:
+        guards.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
+    if guards:
+        # First: the sampling processors that follow only add noise to the tokens left.
+        arguments["logits_processor"] = LogitsProcessorList([*guards, *arguments.get("logits_processor", [])])
     return arguments
 
 

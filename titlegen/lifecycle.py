@@ -251,15 +251,30 @@ def model_files(name_or_path: str | Path) -> list[Path]:
     return sorted({p for pattern in MODEL_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
 
 
-def decoding_defaults(model, num_beams: int | None, article_tokens_only: bool | None) -> tuple[int, bool]:
-    """The beam width and article-token restriction a run decodes with: the settings, else the model's own."""
-    from titlegen.generation import is_article_tokens_only
+def title_decoding(model, run_args, num_beams: int | None) -> dict:
+    """How a training run's model writes titles, in evaluation and as its saved default.
 
-    if num_beams is None:
-        num_beams = model.generation_config.num_beams or 1
-    if article_tokens_only is None:
-        article_tokens_only = is_article_tokens_only(model.generation_config)
-    return num_beams, article_tokens_only
+    Each setting of `run_args` (``generation_article_tokens_only``, ``generation_no_repeat_ngram_size``,
+    ``generation_no_loops``) and `num_beams` that is None is taken from the model's own generation config: a
+    model trained to be decoded with beams, or with a guard, is fine-tuned and saved to be decoded so.
+
+    Returns:
+        The keyword arguments of `titlegen.generation.title_generation_config` but the length.
+    """
+    from titlegen.generation import is_article_tokens_only
+    from titlegen.loops import is_no_loops
+
+    config = model.generation_config
+
+    def either(setting, own):
+        return own if setting is None else setting
+
+    return {
+        "num_beams": either(num_beams, config.num_beams or 1),
+        "article_tokens_only": either(run_args.generation_article_tokens_only, is_article_tokens_only(config)),
+        "no_repeat_ngram_size": either(run_args.generation_no_repeat_ngram_size, config.no_repeat_ngram_size or 0),
+        "no_loops": either(run_args.generation_no_loops, is_no_loops(config)),
+    }
 
 
 # The process ----------------------------------------------------------------------------------------------------------

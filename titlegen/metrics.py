@@ -181,7 +181,9 @@ def f100(scores: dict) -> dict[str, float]:
     return {key: 100 * scores[key]["f"] for key in ROUGE_KEYS}
 
 
-def build_compute_metrics(tokenizer, segmenter, num_samples: int | None = None) -> Callable:
+def build_compute_metrics(
+    tokenizer, segmenter, num_samples: int | None = None, spans: Sequence[Sequence[str]] | None = None
+) -> Callable:
     """A ``compute_metrics`` for ``Seq2SeqTrainer(predict_with_generate=True)``.
 
     Reports rouge-1/2/l as f×100 and the mean generated length in tokens.
@@ -192,6 +194,7 @@ def build_compute_metrics(tokenizer, segmenter, num_samples: int | None = None) 
         num_samples: The size of the evaluation set. Under several processes, Seq2SeqTrainer gathers the
             predictions with ``accelerator.gather``, which keeps the repeated samples that even out the
             processes' last batches after the real ones; only the first `num_samples` rows are scored.
+        spans: Each evaluation article's copy-slot spans, for a tokenizer that has copy slots.
     """
     import numpy as np
 
@@ -200,7 +203,8 @@ def build_compute_metrics(tokenizer, segmenter, num_samples: int | None = None) 
     def compute_metrics(eval_pred) -> dict[str, float]:
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         preds, labels = preds[:num_samples], eval_pred.label_ids[:num_samples]
-        metrics = f100(tw_rouge(decode_titles(tokenizer, preds), decode_titles(tokenizer, labels), segmenter))
+        titles, references = decode_titles(tokenizer, preds, spans), decode_titles(tokenizer, labels, spans)
+        metrics = f100(tw_rouge(titles, references, segmenter))
         generated = (preds >= 0) & (preds != tokenizer.pad_token_id)
         metrics["gen_len"] = float(np.mean(np.count_nonzero(generated, axis=1)))
         return metrics

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from titlegen import TitlegenError
 from titlegen.data import normalize_text
+from titlegen.spans import encode_articles, encode_title, uses_slots
 
 
 def source_texts(articles: list[str], source_prefix: str = "") -> list[str]:
@@ -25,15 +26,21 @@ def make_tokenize_fn(
     """A batched ``datasets.map`` function giving ``input_ids``, ``attention_mask`` and ``labels``.
 
     Labels are left unpadded; ``DataCollatorForSeq2Seq`` pads them with -100 per batch so that padding
-    is ignored by the loss.
+    is ignored by the loss. With a tokenizer that has copy slots, articles and titles are encoded with them.
     """
 
+    slots = uses_slots(tokenizer)
+
     def tokenize(batch: dict) -> dict:
-        features = tokenizer(
-            source_texts(batch[text_column], source_prefix), max_length=max_source_length, truncation=True
-        )
+        if slots:
+            articles, spans = encode_articles([normalize_text(a) for a in batch[text_column]])
+        else:
+            articles = batch[text_column]
+        features = tokenizer(source_texts(articles, source_prefix), max_length=max_source_length, truncation=True)
         if summary_column in batch:
             titles = [normalize_text(t) for t in batch[summary_column]]
+            if slots:
+                titles = [encode_title(t, s) for t, s in zip(titles, spans, strict=True)]
             features["labels"] = tokenizer(text_target=titles, max_length=max_target_length, truncation=True)[
                 "input_ids"
             ]
@@ -53,7 +60,16 @@ def to_features(records: list[dict], columns: Sequence[str], tokenize: Callable[
     return table.map(tokenize, batched=True, remove_columns=list(columns), desc=desc)
 
 
-def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: int, seed: int):
+def lead_pairs(
+    features,
+    share: float,
+    *,
+    max_target_length: int,
+    eos_token_id: int,
+    seed: int,
+    clause_ends: Collection[int] = (),
+    min_target_length: int = 1,
+):
     """Extra training pairs whose target is the article's own opening: its first `max_target_length` tokens.
 
     A model trained from scratch on a few thousand titles does not learn to copy from the article; trained
@@ -66,6 +82,10 @@ def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: 
         max_target_length: Target tokens, the end-of-sequence token included.
         eos_token_id: The tokenizer's end-of-sequence id, which ends every target.
         seed: Chooses the articles when `share` < 1.
+        clause_ends: Token ids that end a clause (e.g. of "，。！？"). When given, a target stops before the last
+            of them within its length, so that the model learns to end a title where a clause ends; an opening
+            with none there after `min_target_length` tokens keeps its full length.
+        min_target_length: The shortest target (in tokens, end-of-sequence excluded) cut at a clause end.
 
     Returns:
         A ``datasets.Dataset`` with the same columns as `features`.
@@ -78,6 +98,22 @@ def lead_pairs(features, share: float, *, max_target_length: int, eos_token_id: 
         article = example["input_ids"]
         if article and article[-1] == eos_token_id:
             article = article[:-1]
-        return {"labels": article[: max_target_length - 1] + [eos_token_id]}
+        target = article[: max_target_length - 1]
+        ends = [i for i in range(min_target_length, len(target)) if target[i] in clause_ends]
+        if ends and len(article) >= max_target_length:  # an article shorter than the limit ends by itself
+            target = target[: ends[-1]]
+        return {"labels": target + [eos_token_id]}
 
     return features.select(rows).map(lead, desc="lead pairs")
+
+
+# Where a clause or sentence ends in Chinese news text, full-width and ASCII.
+CLAUSE_ENDS = "，。！？；：,!?;:"
+# A lead target cut at a clause end keeps at least this many tokens: shorter openings ("日前，") are no title.
+MIN_CLAUSE_TARGET = 8
+
+
+def clause_end_arguments(tokenizer) -> dict:
+    """`lead_pairs` arguments that end targets at a clause: the ids of `CLAUSE_ENDS` in `tokenizer`'s vocabulary."""
+    vocab = tokenizer.get_vocab()
+    return {"clause_ends": {vocab[c] for c in CLAUSE_ENDS if c in vocab}, "min_target_length": MIN_CLAUSE_TARGET}

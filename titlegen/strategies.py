@@ -19,6 +19,7 @@ from typing import Any
 from titlegen import TitlegenError
 from titlegen.config import DecodingArguments, check_range, setting_range
 from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K
+from titlegen.loops import NO_LOOPS
 
 # transformers' defaults for the arguments the presets use: one beam, no sampling, no penalties.
 # Sampling keeps only the DEFAULT_TOP_K likeliest tokens unless told otherwise, so the sampling presets set top_k.
@@ -32,6 +33,7 @@ NEUTRAL: dict[str, Any] = {
     "repetition_penalty": 1.0,
     "length_penalty": 1.0,
     ARTICLE_TOKENS_ONLY: False,
+    NO_LOOPS: False,
 }
 
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -88,10 +90,10 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
     known = GenerationConfig().to_dict()
     ranges = {f.name: setting_range(f) for f in dataclasses.fields(DecodingArguments)}
     for name, value in arguments.items():
-        if name not in known and name != ARTICLE_TOKENS_ONLY:
+        if name not in known and name not in (ARTICLE_TOKENS_ONLY, NO_LOOPS):
             raise TitlegenError(f"{source}: '{name}' is not an argument of transformers' GenerationConfig")
         check_range(name, value, ranges.get(name, {}), source)
-    transformers_arguments = {k: v for k, v in arguments.items() if k != ARTICLE_TOKENS_ONLY}
+    transformers_arguments = {k: v for k, v in arguments.items() if k not in (ARTICLE_TOKENS_ONLY, NO_LOOPS)}
     try:
         GenerationConfig(**transformers_arguments).validate(strict=True)
     except ValueError as err:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from titlegen import TitlegenError
 from titlegen.data import normalize_text
+from titlegen.spans import SLOT_TOKENS
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 # A char model's pieces are single characters, which the Unigram pipeline below reproduces exactly.
@@ -32,6 +33,7 @@ def train_tokenizer(
     vocab_size: int = 8000,
     character_coverage: float = 0.9995,
     model_type: str = "unigram",
+    copy_slots: bool = False,
 ):
     """Trains a SentencePiece model on `texts` and saves it as a tokenizer folder.
 
@@ -41,6 +43,7 @@ def train_tokenizer(
         vocab_size: Upper bound on the vocabulary size (smaller corpora give smaller vocabularies).
         character_coverage: Share of characters that get their own piece; the rest use byte pieces.
         model_type: ``unigram`` or ``char``.
+        copy_slots: Add the copy-slot tokens of `titlegen.spans` (give `texts` encoded with them).
 
     Returns:
         The tokenizer, loaded back from `output_dir`.
@@ -73,6 +76,7 @@ def train_tokenizer(
                 split_digits=True,
                 # Keep text as written: NFKC would turn full-width Chinese punctuation into ASCII.
                 normalization_rule_name="identity",
+                user_defined_symbols=SLOT_TOKENS if copy_slots else [],
                 hard_vocab_limit=False,
                 max_sentence_length=1 << 16,
                 num_threads=2,

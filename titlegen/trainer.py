@@ -8,12 +8,15 @@ import copy
 
 from transformers import LogitsProcessorList, Seq2SeqTrainer
 
+from titlegen.characters import WholeCharacters, byte_piece_ids
 from titlegen.generation import ArticleTokensOnly, is_article_tokens_only
+from titlegen.loops import NoLoops, is_no_loops
 
 
 class TitleTrainer(Seq2SeqTrainer):
     """A ``Seq2SeqTrainer`` that leaves the model's generation config as it was given, and keeps each title
-    to its article's tokens when the config says ``article_tokens_only`` (as ``generate_titles`` does).
+    to its article's tokens when the config says ``article_tokens_only``, without loops when it says ``no_loops``, and
+    its byte pieces in whole characters (as ``generate_titles`` does).
 
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
@@ -52,12 +55,18 @@ class TitleTrainer(Seq2SeqTrainer):
             return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
-        if is_article_tokens_only(generation_config) and self.args.predict_with_generate and not prediction_loss_only:
+        eos_token_id = self.model.config.eos_token_id  # `model` may be wrapped for distributed training
+        processors = []
+        if is_article_tokens_only(generation_config):
+            processors.append(ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], eos_token_id))
+        if is_no_loops(generation_config):
+            processors.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
+        if self._byte_ids():
+            processors.append(WholeCharacters(self._byte_ids(), self.model.config.vocab_size, eos_token_id))
+        if processors and self.args.predict_with_generate and not prediction_loss_only:
             # Seq2SeqTrainer uses its own generate arguments only when given none.
             gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
-            eos_token_id = self.model.config.eos_token_id  # `model` may be wrapped for distributed training
-            restrict = ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], eos_token_id)
-            gen_kwargs["logits_processor"] = LogitsProcessorList([restrict])
+            gen_kwargs["logits_processor"] = LogitsProcessorList(processors)
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
@@ -81,3 +90,10 @@ class TitleTrainer(Seq2SeqTrainer):
         for row, title in zip(generated, titles, strict=True):
             row[: len(title)] = torch.tensor(title, dtype=torch.long)
         return loss, generated.to(inputs["input_ids"].device), inputs.get("labels")
+
+    def _byte_ids(self) -> dict[int, int]:
+        """`byte_piece_ids` of the tokenizer (worked out once)."""
+        if not hasattr(self, "_byte_piece_ids"):
+            tokenizer = self.processing_class
+            self._byte_piece_ids = byte_piece_ids(tokenizer) if tokenizer is not None else {}
+        return self._byte_piece_ids

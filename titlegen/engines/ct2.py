@@ -41,8 +41,15 @@ from pathlib import Path
 
 from titlegen import TitlegenError
 from titlegen.engines import EXPORT_MARKER, is_export
-from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K, is_article_tokens_only, length_sorted_batches
-from titlegen.preprocessing import source_texts
+from titlegen.generation import (
+    ARTICLE_TOKENS_ONLY,
+    DEFAULT_TOP_K,
+    article_inputs,
+    decode_titles,
+    is_article_tokens_only,
+    length_sorted_batches,
+)
+from titlegen.loops import NO_LOOPS, is_no_loops
 
 logger = logging.getLogger(__name__)
 
@@ -313,8 +320,8 @@ def translate_options(config) -> dict:
     for name, value in config.to_dict().items():
         if value is None or name in _MAPPED or name in _NOT_DECODING or _NEUTRAL.get(name, object()) == value:
             continue
-        if name == ARTICLE_TOKENS_ONLY:
-            continue  # the engine's own (see `CT2Engine.decoding`)
+        if name in (ARTICLE_TOKENS_ONLY, NO_LOOPS):
+            continue  # titlegen's own (see `CT2Engine.decoding`)
         if name == "early_stopping" and value is True:
             continue  # CTranslate2's beam search stops once num_beams titles are finished, as early_stopping does
         raise TitlegenError(f"the ct2 backend cannot honour {name}={value!r}; use --backend transformers")
@@ -412,6 +419,12 @@ class CT2Engine:
         """
         config = copy.deepcopy(generate_kwargs.pop("generation_config", None) or self.generation_config)
         restrict = generate_kwargs.pop(ARTICLE_TOKENS_ONLY, is_article_tokens_only(config))
+        if generate_kwargs.pop(NO_LOOPS, is_no_loops(config)):
+            raise TitlegenError(
+                "the ct2 backend cannot honour no_loops (the guard against looping titles this model decodes with, "
+                "titlegen/loops.py: it depends on each title written so far); decode with --backend transformers, "
+                "or without the guard: --no_loops false"
+            )
         unknown = config.update(**generate_kwargs)  # what is not a GenerationConfig setting (e.g. logits_processor)
         if unknown:
             raise TitlegenError(
@@ -452,8 +465,7 @@ class CT2Engine:
         from tqdm.auto import tqdm
 
         options, restrict = self.decoding(seed, **generate_kwargs)
-        texts = source_texts(list(articles), source_prefix)
-        encoded = self.tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"]
+        texts, encoded, spans = article_inputs(self.tokenizer, articles, max_source_length, source_prefix)
         batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
         done = done or {}
         titles: list[str | None] = [done.get(i) for i in range(len(texts))]
@@ -462,7 +474,8 @@ class CT2Engine:
         with tqdm(total=len(texts), initial=skipped, desc="generating", unit="title", disable=not progress) as bar:
             for batch in todo:
                 ids = self.generate_ids([encoded[i] for i in batch], options, restrict)
-                batch_titles = [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+                batch_spans = None if spans is None else [spans[i] for i in batch]
+                batch_titles = decode_titles(self.tokenizer, _padded(ids, self.tokenizer.pad_token_id), batch_spans)
                 for i, title in zip(batch, batch_titles, strict=True):
                     titles[i] = title
                 if on_batch is not None:
@@ -518,3 +531,9 @@ class CT2Engine:
         self.compute_type = safe
         self.translator = self._load_translator(safe)
         return self._translate(sources, suppress, {**options, "suppress_sequences": []})
+
+
+def _padded(ids: Sequence[Sequence[int]], pad_token_id: int) -> list[list[int]]:
+    """Token id lists of one length, padded as generate's output is (`decode_titles` takes a rectangle)."""
+    longest = max(map(len, ids), default=0)
+    return [list(row) + [pad_token_id] * (longest - len(row)) for row in ids]

@@ -69,6 +69,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         rollout_statistics,
         sample_rollout,
     )
+    from titlegen.spans import encode_articles, encode_title, uses_slots
 
     lifecycle.start_logging()
     output_dir = Path(training_args.output_dir)
@@ -85,13 +86,12 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     # The policy, and the frozen reference of the KL penalty (with LoRA: the policy without adapters).
     # Exactly max_new_tokens per title, in sampling, evaluation and the saved model's defaults. Validation and
     # the saved model decode as the starting model does unless the settings say otherwise: a model trained to be
-    # decoded with beams is selected, and later used, with beams. The restriction to the article's tokens applies
-    # there too; the titles sampled for training are not restricted, so that their log-probabilities are the
-    # policy's own.
-    num_beams, restrict = lifecycle.decoding_defaults(
-        policy, training_args.generation_num_beams, run_args.generation_article_tokens_only
-    )
-    policy.generation_config = title_generation_config(policy, data_args.max_target_length, num_beams, restrict)
+    # decoded with beams, or with a guard, is selected, and later used, so. The restriction to the article's tokens
+    # applies there too; the titles sampled for training are not restricted, so that their log-probabilities are
+    # the policy's own.
+    decoding = lifecycle.title_decoding(policy, run_args, training_args.generation_num_beams)
+    max_new_tokens = run_args.generation_max_new_tokens or data_args.max_target_length
+    policy.generation_config = title_generation_config(policy, max_new_tokens, **decoding)
     reference = None
     if lora_args.use_lora:  # the policy stays in eval mode, so the adapters' dropout is off (titlegen/rl/)
         policy = add_lora(
@@ -107,6 +107,9 @@ def rl(argv: Sequence[str] | None = None) -> dict:
                                 data_args.source_prefix)  # fmt: skip
     features = tokenize({text: [r[text] for r in train_records], summary: [r[summary] for r in train_records]})
     references = [normalize_text(r[summary]) for r in train_records]
+    if uses_slots(tokenizer):  # rewards compare titles as sampled, with their copy slots (titlegen/spans.py)
+        spans = encode_articles([normalize_text(r[text]) for r in train_records])[1]
+        references = [encode_title(t, s) for t, s in zip(references, spans, strict=True)]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
     optimizer = torch.optim.AdamW(
@@ -137,8 +140,8 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         """Validation ROUGE with the configured decoding; the best weights so far are kept."""
         metrics, _ = evaluate_titles(
             policy, tokenizer, [r[text] for r in eval_records], [r[summary] for r in eval_records], segmenter,
-            max_new_tokens=data_args.max_target_length, num_beams=num_beams, article_tokens_only=restrict,
-            batch_size=training_args.per_device_eval_batch_size, max_source_length=data_args.max_source_length,
+            generation_config=policy.generation_config, batch_size=training_args.per_device_eval_batch_size,
+            max_source_length=data_args.max_source_length,
             source_prefix=data_args.source_prefix, bf16=training_args.bf16, progress=not training_args.disable_tqdm,
         )  # fmt: skip
         state["history"].append({"step": step, **{f"eval_{k}": v for k, v in metrics.items()}})
@@ -164,7 +167,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         rollout = sample_rollout(
             policy, tokenizer, batch, [references[i] for i in indices], reward_fn,
             num_return_sequences=args.num_return_sequences, baseline=args.baseline,
-            max_new_tokens=data_args.max_target_length, temperature=sampling.temperature, top_k=sampling.top_k,
+            max_new_tokens=max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
             top_p=sampling.top_p, with_reference=args.beta > 0, reference_model=reference, bf16=training_args.bf16,
         )  # fmt: skip
         losses = ppo_update(

@@ -49,9 +49,10 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
 
     from titlegen import TitlegenError, lifecycle
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
-    from titlegen.data import write_jsonl
+    from titlegen.data import normalize_text, write_jsonl
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles, title_generation_config
+    from titlegen.loops import is_no_loops
     from titlegen.lora import add_lora, merge_adapter
     from titlegen.loss import title_loss
     from titlegen.memory import out_of_memory_advice, training_advice
@@ -64,7 +65,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         load_tokenizer,
     )
     from titlegen.plotting import plot_learning_curves
-    from titlegen.preprocessing import lead_pairs, make_tokenize_fn, to_features
+    from titlegen.preprocessing import clause_end_arguments, lead_pairs, make_tokenize_fn, to_features
+    from titlegen.spans import encode_articles, uses_slots
     from titlegen.tokenizer import train_tokenizer
     from titlegen.trainer import TitleTrainer
 
@@ -108,10 +110,24 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                         data_args.train_file,
                     )
                     texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
+                    if model_args.tokenizer_copy_slots:
+                        texts = encode_articles([normalize_text(t) for t in texts])[0]
                     tokenizer = train_tokenizer(
-                        texts, tokenizer_dir, model_args.tokenizer_vocab_size, model_type=model_args.tokenizer_type
+                        texts,
+                        tokenizer_dir,
+                        model_args.tokenizer_vocab_size,
+                        model_type=model_args.tokenizer_type,
+                        copy_slots=model_args.tokenizer_copy_slots,
                     )
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
+    # Titles of generation_max_new_tokens (or max_target_length) tokens at most, decoded as the settings (or the
+    # starting model) say.
+    generation_config = title_generation_config(
+        model,
+        run_args.generation_max_new_tokens or data_args.max_target_length,
+        **lifecycle.title_decoding(model, run_args, training_args.generation_num_beams),
+    )
+    model.generation_config = generation_config  # before LoRA: the base model, which the adapters leave in place
     if model_args.freeze_encoder:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
     if model_args.freeze_embeddings:
@@ -122,12 +138,11 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         )
     trainable, total = count_parameters(model)
     logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
-    # Titles of exactly max_target_length tokens at most, decoded as the settings (or the starting model) say.
-    num_beams, article_tokens_only = lifecycle.decoding_defaults(
-        model, training_args.generation_num_beams, run_args.generation_article_tokens_only
-    )
-    generation_config = title_generation_config(model, data_args.max_target_length, num_beams, article_tokens_only)
-    model.generation_config = generation_config
+    if run_args.generation_backend == "ct2" and is_no_loops(generation_config):
+        raise TitlegenError(
+            "generation_backend ct2 cannot honour generation_no_loops (CTranslate2 has no per-title guard): "
+            "set generation_no_loops false, or generation_backend transformers"
+        )
 
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
@@ -153,10 +168,15 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                 max_target_length=data_args.max_target_length,
                 eos_token_id=tokenizer.eos_token_id,
                 seed=training_args.seed,
+                **(clause_end_arguments(tokenizer) if data_args.lead_pairs_clause_end else {}),
             )
             logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
             train_dataset = concatenate_datasets([train_dataset, leads])
 
+    # The evaluation articles' copy-slot spans, which turn generated slots back into words and numbers.
+    eval_spans = None
+    if uses_slots(tokenizer):
+        eval_spans = encode_articles([normalize_text(r[data_args.text_column]) for r in eval_records])[1]
     callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
@@ -170,7 +190,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
         compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
         compute_metrics=(
-            build_compute_metrics(tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset))
+            build_compute_metrics(
+                tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset), spans=eval_spans
+            )
             if training_args.predict_with_generate
             else None
         ),
@@ -197,7 +219,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     trainer.log_metrics("eval", prediction.metrics)
     trainer.save_metrics("eval", prediction.metrics)
     if training_args.predict_with_generate and trainer.is_world_process_zero():
-        titles = decode_titles(tokenizer, prediction.predictions[: len(eval_records)])  # see build_compute_metrics
+        titles = decode_titles(tokenizer, prediction.predictions[: len(eval_records)], eval_spans)  # as in the metric
         write_jsonl(
             output_dir / "eval_predictions.jsonl",
             ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records, strict=True)),

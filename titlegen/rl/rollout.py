@@ -220,35 +220,28 @@ def evaluate_titles(
     articles: Sequence[str],
     references: Sequence[str],
     segmenter,
-    *,
-    max_new_tokens: int,
-    num_beams: int = 1,
-    article_tokens_only: bool = False,
     **generate_titles_kwargs,
 ) -> tuple[dict[str, float], list[str]]:
     """Generates a title per article and scores them against the references.
 
     Args:
-        model: The model to evaluate.
+        model: The model to evaluate; it decodes as its generation config says, unless `generate_titles_kwargs`
+            give a ``generation_config`` or generate arguments.
         tokenizer: Its tokenizer.
         articles: Article texts.
         references: Their reference titles.
         segmenter: The segmenter of tw_rouge.
-        max_new_tokens: Longest title, in tokens.
-        num_beams: 1 for greedy decoding.
-        article_tokens_only: Titles use only tokens of their article (`titlegen.generation.ArticleTokensOnly`).
         **generate_titles_kwargs: Passed to `titlegen.generation.generate_titles` (``batch_size``,
-            ``max_source_length``, ``source_prefix``, ``bf16``, ``progress``).
+            ``max_source_length``, ``source_prefix``, ``bf16``, ``progress``, ``generation_config``, ...).
 
     Returns:
         ``{"rouge-1", "rouge-2", "rouge-l"}`` (F1 ×100) with ``title_length`` and ``repetition_rate``
         (see `title_statistics`), and the titles.
     """
-    from titlegen.generation import generate_titles, title_generation_config
+    from titlegen.generation import generate_titles
     from titlegen.metrics import f100, tw_rouge
 
-    config = title_generation_config(model, max_new_tokens, num_beams, article_tokens_only)
-    titles = generate_titles(model, tokenizer, articles, generation_config=config, **generate_titles_kwargs)
+    titles = generate_titles(model, tokenizer, articles, **generate_titles_kwargs)
     metrics = {**f100(tw_rouge(titles, references, segmenter)), **title_statistics(titles, segmenter)}
     return metrics, titles
 
