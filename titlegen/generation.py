@@ -9,6 +9,9 @@ Beyond what transformers' ``generate`` does:
 * On CPU, eager attention decodes faster than SDPA (the same computation, rounded differently in bf16).
 * `ArticleTokensOnly` restricts each title to tokens of its own article: a small model trained from scratch
   mostly copies, and misspells what it copies (``article_tokens_only``, saved in generation_config.json).
+* Byte-fallback pieces only ever form whole UTF-8 characters (`titlegen.characters`); with ``no_loops`` (saved
+  likewise) no unit of 1-4 tokens comes three times in a row (`titlegen.loops`); a tokenizer with copy slots has
+  its articles encoded and its titles decoded with them (`titlegen.spans`).
 """
 
 from __future__ import annotations
@@ -220,8 +223,8 @@ def _batch_arguments(
     no_loops: bool = False,
 ) -> dict:
     """generate arguments for one batch: the beam search cache or per-article sampling, `restrict` titles to
-    their articles' tokens, keep byte pieces in whole characters (the tokenizer's `byte_ids`, if any) and guard
-    against `no_loops`."""
+    their articles' tokens, keep byte pieces in whole characters (the tokenizer's `byte_ids`, if any) and, with
+    `no_loops`, keep titles from looping."""
     from transformers import LogitsProcessorList
 
     arguments = {}
