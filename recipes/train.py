@@ -141,7 +141,6 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         run_args.generation_max_new_tokens or data_args.max_target_length,
         training_args.generation_num_beams or 1,
         article_tokens_only=run_args.generation_article_tokens_only,
-        no_repeat_ngram_size=run_args.generation_no_repeat_ngram_size,
         no_loops=run_args.generation_no_loops,
     )
     model.generation_config = generation_config

@@ -168,13 +168,6 @@ class RunArguments:
             "(default: max_target_length)."
         },
     )
-    generation_no_repeat_ngram_size: int = field(
-        default=0,
-        metadata={
-            "help": "Titles never repeat a sequence of this many tokens (GenerationConfig's no_repeat_ngram_size), "
-            "in evaluation and as the saved model's default; 0 allows any. A guard against titles that loop."
-        },
-    )
     generation_no_loops: bool = field(
         default=False,
         metadata={
