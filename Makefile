@@ -21,7 +21,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 # The data folder: DATA=DIR or $$TITLEGEN_DATA, else ../shared/data where present, else where titlegen-data
 # writes (titlegen/corpus.py). Passed on as TITLEGEN_DATA, which the configs' paths name.
-DATA ?= $(shell $(PYTHON) -c "from titlegen.corpus import data_dir; print(data_dir())" 2>/dev/null)
+DATA ?= $(TITLEGEN_DATA)
+CHOSEN_DATA := $(DATA)
+ifeq ($(DATA),)
+  DATA := $(shell $(PYTHON) -c "from titlegen.corpus import data_dir; print(data_dir())" 2>/dev/null)
+endif
 export TITLEGEN_DATA := $(DATA)
 
 .PHONY: install test lint train predict eval demo bench data
@@ -38,8 +42,9 @@ lint:
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-data:  ## download LCSTS and the course sample into DATA, checksums checked
-	titlegen-data --output_dir $(DATA) $(ARGS)
+data:  ## download LCSTS and the course sample, checksums checked, into DATA if given, else ~/.cache/titlegen/data
+	titlegen-data --output_dir $(or $(CHOSEN_DATA),$(shell $(PYTHON) -c \
+		"from titlegen.corpus import default_download_dir; print(default_download_dir())")) $(ARGS)
 
 train:  ## make train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
 	titlegen-train --config $(CONFIG) $(ARGS)

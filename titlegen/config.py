@@ -197,15 +197,6 @@ class RunArguments:
             "min": 1,
         },
     )
-    generation_no_repeat_ngram_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Titles never repeat a sequence of this many tokens (GenerationConfig's no_repeat_ngram_size), "
-            "in evaluation and as the saved model's default; 0 allows any. A guard against titles that loop. "
-            "Default: as the starting model's generation config says (0 for a new model).",
-            "min": 0,
-        },
-    )
     generation_no_loops: bool | None = field(
         default=None,
         metadata={

@@ -50,7 +50,6 @@ def title_generation_config(
     max_new_tokens: int,
     num_beams: int = 1,
     article_tokens_only: bool = False,
-    no_repeat_ngram_size: int = 0,
     no_loops: bool = False,
 ):
     """A generation config that writes whole titles: max_new_tokens set, no other lengths.
@@ -68,7 +67,6 @@ def title_generation_config(
         decoder_start_token_id=config.decoder_start_token_id,
         eos_token_id=config.eos_token_id,
         pad_token_id=config.pad_token_id,
-        no_repeat_ngram_size=no_repeat_ngram_size,
     )
     if article_tokens_only:
         setattr(generation_config, ARTICLE_TOKENS_ONLY, True)

@@ -254,8 +254,8 @@ def model_files(name_or_path: str | Path) -> list[Path]:
 def title_decoding(model, run_args, num_beams: int | None) -> dict:
     """How a training run's model writes titles, in evaluation and as its saved default.
 
-    Each setting of `run_args` (``generation_article_tokens_only``, ``generation_no_repeat_ngram_size``,
-    ``generation_no_loops``) and `num_beams` that is None is taken from the model's own generation config: a
+    Each setting of `run_args` (``generation_article_tokens_only``, ``generation_no_loops``) and `num_beams`
+    that is None is taken from the model's own generation config: a
     model trained to be decoded with beams, or with a guard, is fine-tuned and saved to be decoded so.
 
     Returns:
@@ -272,7 +272,6 @@ def title_decoding(model, run_args, num_beams: int | None) -> dict:
     return {
         "num_beams": either(num_beams, config.num_beams or 1),
         "article_tokens_only": either(run_args.generation_article_tokens_only, is_article_tokens_only(config)),
-        "no_repeat_ngram_size": either(run_args.generation_no_repeat_ngram_size, config.no_repeat_ngram_size or 0),
         "no_loops": either(run_args.generation_no_loops, is_no_loops(config)),
     }
 
