@@ -26,7 +26,8 @@ SUPPORTED_MODEL_TYPES = ("t5", "mt5")
 
 
 def kept_token_ids(tokenizer, texts: Iterable[str], source_prefix: str = "") -> list[int]:
-    """The ids to keep, ascending: every token the tokenizer gives `texts`, the special tokens, byte pieces.
+    """The ids to keep, ascending: every token the tokenizer gives `texts`, the special tokens, byte pieces and
+    copy slots.
 
     Args:
         tokenizer: A tokenizer whose backend is a ``tokenizers`` Unigram model (T5, mT5, titlegen's own).
@@ -36,6 +37,7 @@ def kept_token_ids(tokenizer, texts: Iterable[str], source_prefix: str = "") -> 
     """
     from titlegen.data import normalize_text
     from titlegen.preprocessing import source_texts
+    from titlegen.spans import SLOT_TOKENS
 
     texts = [normalize_text(t) for t in texts]
     if source_prefix:
@@ -46,6 +48,8 @@ def kept_token_ids(tokenizer, texts: Iterable[str], source_prefix: str = "") -> 
     # With byte fallback, characters outside the corpus then still become bytes rather than <unk>;
     # SentencePiece also refuses a byte-fallback model without all 256 of them.
     kept.update(i for piece, i in tokenizer.get_vocab().items() if _is_byte_piece(piece))
+    # Copy slots stand for the words of articles to come, whatever the corpus has (titlegen/spans.py).
+    kept.update(i for piece, i in tokenizer.get_vocab().items() if piece in SLOT_TOKENS)
     return sorted(kept)
 
 
