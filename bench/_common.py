@@ -42,3 +42,17 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def offline_model(model: str | None, folder: Path) -> Path:
+    """The given model folder, or one trained (once, resumably) into `folder` with trainer_args/tiny_offline.yaml."""
+    if model:
+        return Path(model)
+    if not (folder / "model.safetensors").is_file():
+        from titlegen.recipes.train import train
+
+        print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {folder}", flush=True)
+        # --resume: a training that was interrupted continues from its last checkpoint.
+        config = str(ROOT / "trainer_args" / "tiny_offline.yaml")
+        train(["--config", config, "--output_dir", str(folder), "--report_to", "none", "--resume", "true"])
+    return folder

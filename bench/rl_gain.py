@@ -23,26 +23,11 @@ import shutil
 import time
 from pathlib import Path
 
-from bench._common import LCSTS, ROOT, machine, markdown_table
+from bench._common import LCSTS, ROOT, machine, markdown_table, offline_model
 
 RESULTS = ROOT / "outputs" / "bench" / "rl_gain"
 SPLITS = {"validation": LCSTS / "validation.zh-tw.jsonl", "test": LCSTS / "test.zh-tw.jsonl"}
 EXAMPLES = 5
-
-
-def supervised_model(model: str | None) -> Path:
-    """The given model folder, or one trained (once) with the offline config."""
-    if model:
-        return Path(model)
-    sft = RESULTS / "sft"
-    if not (sft / "model.safetensors").is_file():
-        from titlegen.recipes.train import train
-
-        print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {sft}", flush=True)
-        # --resume: a training that was interrupted continues from its last checkpoint.
-        config = str(ROOT / "trainer_args" / "tiny_offline.yaml")
-        train(["--config", config, "--output_dir", str(sft), "--report_to", "none", "--resume", "true"])
-    return sft
 
 
 def evaluate(model_dir: Path, max_source_length: int, generation_config) -> dict[str, tuple[dict, list[str]]]:
@@ -79,7 +64,7 @@ def main() -> None:
     from titlegen.recipes.rl import rl
     from titlegen.rl.config import settings as rl_settings
 
-    start_model = supervised_model(args.model)
+    start_model = offline_model(args.model, RESULTS / "sft")
     out = Path(args.output_dir)
     shutil.rmtree(out, ignore_errors=True)
     argv = ["--config", args.config, "--model", str(start_model), "--output_dir", str(out),

@@ -30,23 +30,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench._common import LCSTS, ROOT, machine, markdown_table
+from bench._common import LCSTS, ROOT, machine, markdown_table, offline_model
 
 RESULTS = ROOT / "outputs" / "bench" / "serve_load"
-
-
-def offline_model(model: str | None) -> Path:
-    """The given model folder, or one trained (once) with the offline config."""
-    if model:
-        return Path(model)
-    trained = RESULTS / "model"
-    if not (trained / "model.safetensors").is_file():
-        from titlegen.recipes.train import train
-
-        print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {trained}", flush=True)
-        config = str(ROOT / "trainer_args" / "tiny_offline.yaml")
-        train(["--config", config, "--output_dir", str(trained), "--report_to", "none", "--resume", "true"])
-    return trained
 
 
 class Server:
@@ -147,7 +133,7 @@ def main() -> None:
     args, server_flags = parser.parse_known_args()
     server_flags = [f for f in server_flags if f != "--"]
 
-    model = offline_model(args.model)
+    model = offline_model(args.model, RESULTS / "model")
     import httpx
     import torch
     import transformers

@@ -148,7 +148,6 @@ def generate_titles(
             ``generation_config``, ...), and ``article_tokens_only`` (default: the generation config's).
     """
     import torch
-    from tqdm.auto import tqdm
 
     texts, encoded, spans = article_inputs(tokenizer, articles, max_source_length, source_prefix)
     batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
@@ -165,25 +164,42 @@ def generate_titles(
     no_loops = generate_kwargs.pop(NO_LOOPS, is_no_loops(config))
     byte_ids = byte_piece_ids(tokenizer)
     config.update(**generate_kwargs)
-    done = done or {}
-    titles: list[str | None] = [done.get(i) for i in range(len(texts))]
-    todo = [batch for batch in batches if any(titles[i] is None for i in batch)]
-    skipped = len(texts) - sum(len(batch) for batch in todo)
     model.eval()
-    with (
-        no_grad,
-        autocast,
-        _eager_attention_on_cpu(model),
-        tqdm(total=len(texts), initial=skipped, desc="generating", unit="title", disable=not progress) as bar,
-    ):
+
+    def title_batch(batch: list[int]) -> list[str]:
+        inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
+        batch_arguments = _batch_arguments(
+            model, config, inputs, [texts[i] for i in batch], seed, restrict, byte_ids, no_loops
+        )
+        output = model.generate(**inputs, **{**generate_kwargs, **batch_arguments})
+        return decode_titles(tokenizer, output.cpu(), None if spans is None else [spans[i] for i in batch])
+
+    with no_grad, autocast, _eager_attention_on_cpu(model):
+        return titles_in_batches(batches, title_batch, len(texts), done, on_batch, progress)
+
+
+def titles_in_batches(
+    batches: Sequence[list[int]],
+    title_batch: Callable[[list[int]], list[str]],
+    count: int,
+    done: Mapping[int, str] | None = None,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """The titles of `count` articles, written a batch at a time by `title_batch`, in the order of the articles.
+
+    What every engine shares: a batch whose articles all have a title in `done` (an interrupted run's) is
+    skipped, `on_batch` sees each new batch's titles (to save progress), and a progress bar counts titles.
+    """
+    from tqdm.auto import tqdm
+
+    done = done or {}
+    titles: list[str | None] = [done.get(i) for i in range(count)]
+    todo = [batch for batch in batches if any(titles[i] is None for i in batch)]
+    skipped = count - sum(len(batch) for batch in todo)
+    with tqdm(total=count, initial=skipped, desc="generating", unit="title", disable=not progress) as bar:
         for batch in todo:
-            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(device)
-            batch_arguments = _batch_arguments(
-                model, config, inputs, [texts[i] for i in batch], seed, restrict, byte_ids, no_loops
-            )
-            arguments = {**generate_kwargs, **batch_arguments}
-            output = model.generate(**inputs, **arguments)
-            batch_titles = decode_titles(tokenizer, output.cpu(), None if spans is None else [spans[i] for i in batch])
+            batch_titles = title_batch(batch)
             for i, title in zip(batch, batch_titles, strict=True):
                 titles[i] = title
             if on_batch is not None:

@@ -48,6 +48,7 @@ from titlegen.generation import (
     decode_titles,
     is_article_tokens_only,
     length_sorted_batches,
+    titles_in_batches,
 )
 from titlegen.loops import NO_LOOPS, is_no_loops
 
@@ -462,26 +463,16 @@ class CT2Engine:
         Arguments as for `titlegen.generation.generate_titles`, except that sampling takes no `seed` (see the
         module): every argument is checked before the first title is written.
         """
-        from tqdm.auto import tqdm
-
         options, restrict = self.decoding(seed, **generate_kwargs)
         texts, encoded, spans = article_inputs(self.tokenizer, articles, max_source_length, source_prefix)
         batches = length_sorted_batches([len(ids) for ids in encoded], batch_size)
-        done = done or {}
-        titles: list[str | None] = [done.get(i) for i in range(len(texts))]
-        todo = [batch for batch in batches if any(titles[i] is None for i in batch)]
-        skipped = len(texts) - sum(len(batch) for batch in todo)
-        with tqdm(total=len(texts), initial=skipped, desc="generating", unit="title", disable=not progress) as bar:
-            for batch in todo:
-                ids = self.generate_ids([encoded[i] for i in batch], options, restrict)
-                batch_spans = None if spans is None else [spans[i] for i in batch]
-                batch_titles = decode_titles(self.tokenizer, _padded(ids, self.tokenizer.pad_token_id), batch_spans)
-                for i, title in zip(batch, batch_titles, strict=True):
-                    titles[i] = title
-                if on_batch is not None:
-                    on_batch(batch, batch_titles)
-                bar.update(len(batch))
-        return titles
+
+        def title_batch(batch: list[int]) -> list[str]:
+            ids = self.generate_ids([encoded[i] for i in batch], options, restrict)
+            batch_spans = None if spans is None else [spans[i] for i in batch]
+            return decode_titles(self.tokenizer, _padded(ids, self.tokenizer.pad_token_id), batch_spans)
+
+        return titles_in_batches(batches, title_batch, len(texts), done, on_batch, progress)
 
     def generate_ids(self, encoded: Sequence[Sequence[int]], options: Mapping, restrict: bool) -> list[list[int]]:
         """The title token ids (without end-of-title) for one batch of article token ids.
