@@ -183,12 +183,6 @@ def write_json(path: str | Path, value) -> None:
     atomic_write_text(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
-def check_distinct_paths(input_path: str | Path, output_path: str | Path) -> None:
-    """Refuses to write an output over its own input."""
-    if Path(output_path).resolve() == Path(input_path).resolve():
-        raise TitlegenError(f"{output_path}: the output file is the input file; choose another output path")
-
-
 def split_records(records: list[dict], percentage: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Splits off `percentage` % of the records (at least one) for validation, by a seeded shuffle."""
     import random
