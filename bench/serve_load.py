@@ -150,7 +150,7 @@ def main() -> None:
     articles = [r["maintext"] for r in read_jsonl(args.data / "test.zh-tw.jsonl")][: args.articles]
     # The settings the server runs with, resolved as it resolves them: predict's defaults and the flags given.
     settings, preprocessing, decoding_settings, _ = parse_args(serve_settings(), ["--model", str(model), *server_flags])
-    trained = {**trained_settings(str(model)), **{k: v for k, v in vars(preprocessing).items() if v is not None}}
+    trained = trained_settings(str(model), preprocessing)
     engine = ServedModel(
         str(model),
         load_engine(str(model), settings.backend, bf16=settings.bf16, compute_type=settings.compute_type),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.engines.ct2 import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from titlegen.lifecycle import run_command
 
 
@@ -253,11 +254,11 @@ class ExportArguments:
     )
     output_dir: str = field(metadata={"help": "Folder to write (must not exist).", "aliases": ["-o"]})
     quantization: str = field(
-        default="int8",
+        default=DEFAULT_QUANTIZATION,
         metadata={
             "help": "Weight type: int8 (the fastest on CPU), int8_float32, int8_float16, float16 or bfloat16 "
             "(for GPUs), or float32.",
-            "choices": ["int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32"],
+            "choices": list(QUANTIZATIONS),
         },
     )
 

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from titlegen import TitlegenError
+from titlegen.engines import BACKENDS
 
 
 @dataclass
@@ -186,7 +187,7 @@ class RunArguments:
         metadata={
             "help": "What writes the titles of each evaluation: transformers' generate, or ct2 (the model exported "
             "to CTranslate2 at each evaluation, int8 on CPU; README, CTranslate2).",
-            "choices": ["transformers", "ct2"],
+            "choices": [backend for backend in BACKENDS if backend != "auto"],
         },
     )
     generation_max_new_tokens: int | None = field(
@@ -246,7 +247,7 @@ class GenerationArguments:
         default="auto",
         metadata={
             "help": "transformers, ct2 (a titlegen-export folder, decoded by CTranslate2), or auto: by the folder.",
-            "choices": ["auto", "transformers", "ct2"],
+            "choices": list(BACKENDS),
         },
     )
     compute_type: str | None = field(
@@ -551,13 +552,16 @@ def save_config(path: str | Path, config: dict[str, Any], header: str = "") -> N
     atomic_write_text(path, comment + body)
 
 
-def trained_settings(model_dir: str | Path) -> dict[str, Any]:
+def trained_settings(model_dir: str | Path, overrides: Any = None) -> dict[str, Any]:
     """The data settings a model folder was trained with: its run_config.yaml over `DataArguments`' defaults.
 
-    A hub id, or a folder without run_config.yaml, gets the defaults.
+    A hub id, or a folder without run_config.yaml, gets the defaults. `overrides`, a dataclass instance of a
+    command's preprocessing settings, replaces each setting it gives (one that is None keeps the trained value).
     """
     settings = dataclasses.asdict(DataArguments())
     path = Path(model_dir) / "run_config.yaml"
     if path.is_file():
         settings.update(_yaml_load(str(path)))
+    if overrides is not None:
+        settings.update({k: v for k, v in vars(overrides).items() if v is not None})
     return settings

@@ -103,6 +103,14 @@ def check_writable_folder(folder: str | Path, for_path: str | Path) -> None:
         raise TitlegenError(f"{for_path}: cannot write in {existing} ({err.strerror})") from None
 
 
+def check_output_folder(folder: str | Path, what: str) -> None:
+    """Refuses an output folder that is a file, or one in which files cannot be created."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise TitlegenError(f"{folder}: output_dir is a file; choose a folder for {what}")
+    check_writable_folder(folder, folder)
+
+
 def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool = True) -> Path | None:
     """Checks a training run's output_dir, and finds the checkpoint to resume from.
 
@@ -113,10 +121,8 @@ def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool 
     from titlegen.checkpoints import last_complete_checkpoint, remove_incomplete_checkpoints
 
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise TitlegenError(f"{output_dir}: output_dir is a file; choose a folder for the run")
+    check_output_folder(output_dir, "the run")
     if not output_dir.is_dir():
-        check_writable_folder(output_dir.parent, output_dir)
         return None
     if resume:
         last = last_complete_checkpoint(output_dir)
@@ -131,7 +137,6 @@ def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool 
         raise TitlegenError(
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"
         )
-    check_writable_folder(output_dir, output_dir)
     return None
 
 

@@ -64,7 +64,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.config import trained_settings
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
     from titlegen.engines import load_engine, resolve_backend
-    from titlegen.lifecycle import check_writable_folder, configure_process
+    from titlegen.lifecycle import check_output_folder, configure_process
     from titlegen.metrics import get_segmenter
     from titlegen.plotting import plot_comparison
     from titlegen.strategies import (
@@ -79,9 +79,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     grid = load_grid(compare_args.grid) if compare_args.grid else list(DEFAULT_GRID)
     check_metric(compare_args.metric)
     output_dir = Path(compare_args.output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise TitlegenError(f"{output_dir}: output_dir is a file; choose a folder for the comparison")
-    check_writable_folder(output_dir, output_dir)
+    check_output_folder(output_dir, "the comparison")
     segmenter = get_segmenter(scoring.segmenter)
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     trained = trained_settings(args.model_name_or_path)
@@ -100,9 +98,10 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
         source_prefix=trained["source_prefix"],
         seed=args.seed,
     )
-    for setting in grid:  # a setting the engine cannot honour fails before any work
+    arguments_of = [decoding_arguments(**setting) for setting in grid]
+    for setting, arguments in zip(grid, arguments_of, strict=True):  # one the engine cannot honour fails here
         try:
-            engine.check_decoding(seed=args.seed, **decoding_arguments(**setting))
+            engine.check_decoding(seed=args.seed, **arguments)
         except TitlegenError as err:
             raise TitlegenError(f"setting '{setting_name(setting)}': {err} (or leave it out with --grid)") from err
     # A first generate call pays one-time costs; make it here, so that the first setting's speed is comparable.
@@ -110,10 +109,9 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
 
     save_grid(output_dir / "grid.yaml", grid)
     rows = []
-    for number, setting in enumerate(grid, start=1):
+    for number, (setting, arguments) in enumerate(zip(grid, arguments_of, strict=True), start=1):
         name = setting_name(setting)
         print(f"[{number}/{len(grid)}] {name}", flush=True)
-        arguments = decoding_arguments(**setting)
         if decoding.max_new_tokens:
             arguments.setdefault("max_new_tokens", decoding.max_new_tokens)
         start = time.perf_counter()

@@ -65,10 +65,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     check_output_file(files.output_file, [files.input_file], side_files=[PROGRESS_SUFFIX])
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     generate_kwargs = decoding_arguments(decoding.strategy, **decoding.generate_arguments())
-    trained = {
-        **trained_settings(args.model_name_or_path),
-        **{k: v for k, v in vars(preprocessing).items() if v is not None},
-    }
+    trained = trained_settings(args.model_name_or_path, preprocessing)
     id_column, text_column = trained["id_column"], trained["text_column"]
     records = read_jsonl(files.input_file, fields=(id_column, text_column), id_field=id_column)
 

@@ -95,10 +95,7 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
     resolve_backend(args.model_name_or_path, args.backend)
     overrides = {name: value for name, value in decoding.generate_arguments().items() if value is not None}
     defaults = decoding_arguments(decoding.strategy, **overrides)  # a bad flag is refused before the model loads
-    trained = {
-        **trained_settings(args.model_name_or_path),
-        **{k: v for k, v in vars(preprocessing).items() if v is not None},
-    }
+    trained = trained_settings(args.model_name_or_path, preprocessing)
     rules = RequestRules.for_settings(
         DecodingArguments,
         text_column=trained["text_column"],
