@@ -247,19 +247,29 @@ def _batch_arguments(
         arguments = {"past_key_values": beam_search_cache(model)}
     elif config.do_sample and num_beams == 1 and seed is not None:
         arguments = article_seeded_sampling(config, [article_seed(seed, t) for t in texts]) or {}
-    if restrict:
-        # First, so that sampling warpers see only the allowed tokens.
-        processors = [ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], model.config.eos_token_id)]
-        arguments["logits_processor"] = LogitsProcessorList(processors + list(arguments.get("logits_processor", [])))
-    guards = []
-    if byte_ids:
-        guards.append(WholeCharacters(byte_ids, model.config.vocab_size, model.config.eos_token_id))
-    if no_loops:
-        guards.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
+    guards = title_guards(model, inputs, restrict=restrict, no_loops=no_loops, byte_ids=byte_ids)
     if guards:
-        # First: the sampling processors that follow only add noise to the tokens left.
+        # First, so that sampling warpers see only the allowed tokens.
         arguments["logits_processor"] = LogitsProcessorList([*guards, *arguments.get("logits_processor", [])])
     return arguments
+
+
+def title_guards(model, inputs, *, restrict: bool, no_loops: bool, byte_ids: dict[int, int] | None) -> list:
+    """The logits processors that keep a batch's titles to what a title may be: whole characters (the tokenizer's
+    `byte_ids`, if any), no loops (`no_loops`) and their articles' tokens (`restrict`).
+
+    Each only rules tokens out, whatever the scores, so their order does not matter. Shared by `generate_titles`
+    and evaluation during training (`titlegen.trainer.TitleTrainer`).
+    """
+    eos_token_id = model.config.eos_token_id
+    guards = []
+    if byte_ids:
+        guards.append(WholeCharacters(byte_ids, model.config.vocab_size, eos_token_id))
+    if no_loops:
+        guards.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
+    if restrict:
+        guards.append(ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], eos_token_id))
+    return guards
 
 
 class ArticleTokensOnly:

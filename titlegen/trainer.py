@@ -8,9 +8,9 @@ import copy
 
 from transformers import LogitsProcessorList, Seq2SeqTrainer
 
-from titlegen.characters import WholeCharacters, byte_piece_ids
-from titlegen.generation import ArticleTokensOnly, is_article_tokens_only
-from titlegen.loops import NoLoops, is_no_loops
+from titlegen.characters import byte_piece_ids
+from titlegen.generation import is_article_tokens_only, title_guards
+from titlegen.loops import is_no_loops
 
 
 class TitleTrainer(Seq2SeqTrainer):
@@ -55,14 +55,13 @@ class TitleTrainer(Seq2SeqTrainer):
             return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
-        eos_token_id = self.model.config.eos_token_id  # `model` may be wrapped for distributed training
-        processors = []
-        if is_article_tokens_only(generation_config):
-            processors.append(ArticleTokensOnly(inputs["input_ids"], inputs["attention_mask"], eos_token_id))
-        if is_no_loops(generation_config):
-            processors.append(NoLoops(inputs["input_ids"], inputs["attention_mask"]))
-        if self._byte_ids():
-            processors.append(WholeCharacters(self._byte_ids(), self.model.config.vocab_size, eos_token_id))
+        processors = title_guards(  # self.model: `model` may be wrapped for distributed training
+            self.model,
+            inputs,
+            restrict=is_article_tokens_only(generation_config),
+            no_loops=is_no_loops(generation_config),
+            byte_ids=self._byte_ids(),
+        )
         if processors and self.args.predict_with_generate and not prediction_loss_only:
             # Seq2SeqTrainer uses its own generate arguments only when given none.
             gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
