@@ -1,8 +1,12 @@
+import dataclasses
+import re
+
 import pytest
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import GenerationMode
 
 from titlegen import TitlegenError
+from titlegen.config import DecodingArguments
 from titlegen.strategies import (
     DEFAULT_GRID,
     STRATEGIES,
@@ -30,6 +34,13 @@ def test_presets_map_to_generation_arguments(strategy):
     arguments = decoding_arguments(strategy)
     assert {k: arguments[k] for k in expected} == expected
     assert GenerationConfig(**arguments).get_generation_mode() == mode
+
+
+def test_the_strategy_help_names_every_preset():
+    """config.py cannot import the presets (strategies.py imports config), so its help lists them by hand."""
+    (strategy,) = [f for f in dataclasses.fields(DecodingArguments) if f.name == "strategy"]
+    listed = re.search(r"preset: (.*) \(default", strategy.metadata["help"]).group(1)
+    assert re.split(r", | or ", listed) == list(STRATEGIES)
 
 
 def test_a_preset_overrides_the_model_generation_config():

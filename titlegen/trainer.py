@@ -76,6 +76,8 @@ class TitleTrainer(Seq2SeqTrainer):
         """The loss from the model, the titles from its CTranslate2 export (padded token ids, as generate's)."""
         import torch
 
+        from titlegen.engines.ct2 import padded
+
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
         # Seq2SeqTrainer uses its own generate arguments only when given none.
         gen_kwargs = {k: v for k, v in (gen_kwargs or getattr(self, "_gen_kwargs", {})).items() if v is not None}
@@ -83,12 +85,9 @@ class TitleTrainer(Seq2SeqTrainer):
         articles = [
             ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)
         ]
-        titles = self._engine.generate_ids(articles, options, restrict)
-        pad = self.processing_class.pad_token_id
-        generated = torch.full((len(titles), max(map(len, titles), default=0) or 1), pad, dtype=torch.long)
-        for row, title in zip(generated, titles, strict=True):
-            row[: len(title)] = torch.tensor(title, dtype=torch.long)
-        return loss, generated.to(inputs["input_ids"].device), inputs.get("labels")
+        titles = padded(self._engine.generate_ids(articles, options, restrict), self.processing_class.pad_token_id)
+        generated = torch.tensor(titles, dtype=torch.long, device=inputs["input_ids"].device)
+        return loss, generated, inputs.get("labels")
 
     def _byte_ids(self) -> dict[int, int]:
         """`byte_piece_ids` of the tokenizer (worked out once)."""

@@ -470,7 +470,7 @@ class CT2Engine:
         def title_batch(batch: list[int]) -> list[str]:
             ids = self.generate_ids([encoded[i] for i in batch], options, restrict)
             batch_spans = None if spans is None else [spans[i] for i in batch]
-            return decode_titles(self.tokenizer, _padded(ids, self.tokenizer.pad_token_id), batch_spans)
+            return decode_titles(self.tokenizer, padded(ids, self.tokenizer.pad_token_id), batch_spans)
 
         return titles_in_batches(batches, title_batch, len(texts), done, on_batch, progress)
 
@@ -524,7 +524,8 @@ class CT2Engine:
         return self._translate(sources, suppress, {**options, "suppress_sequences": []})
 
 
-def _padded(ids: Sequence[Sequence[int]], pad_token_id: int) -> list[list[int]]:
-    """Token id lists of one length, padded as generate's output is (`decode_titles` takes a rectangle)."""
-    longest = max(map(len, ids), default=0)
+def padded(ids: Sequence[Sequence[int]], pad_token_id: int) -> list[list[int]]:
+    """Token id lists of one length (at least one column), padded as generate's output is: `decode_titles` and
+    Seq2SeqTrainer's evaluation take a rectangle."""
+    longest = max([1, *map(len, ids)])
     return [list(row) + [pad_token_id] * (longest - len(row)) for row in ids]
