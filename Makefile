@@ -28,7 +28,10 @@ ifeq ($(DATA),)
 endif
 export TITLEGEN_DATA := $(DATA)
 
-.PHONY: install test lint train predict eval demo bench data
+.PHONY: help install test lint train predict demo bench data
+
+help:  ## this list (`make` alone prints it too)
+	@awk -F':[^#]*## ' '/^[a-z-]+:[^#]*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install:  ## into PYTHON's virtual environment, else into .venv (created): torch first (pinned, so pip does not pull a CUDA build on CPU machines), then titlegen
 	@test "$(PY)" = "$(PYTHON)" || test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,7 +41,7 @@ install:  ## into PYTHON's virtual environment, else into .venv (created): torch
 test:  ## the whole suite, CPU only (a few minutes)
 	$(PY) -m pytest -q
 
-lint:
+lint:  ## ruff: lint and formatting
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
@@ -46,19 +49,19 @@ data:  ## download LCSTS and the course sample, checksums checked, into DATA if 
 	titlegen-data --output_dir $(or $(CHOSEN_DATA),$(shell $(PYTHON) -c \
 		"from titlegen.corpus import default_download_dir; print(default_download_dir())")) $(ARGS)
 
-train:  ## make train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
+train:  ## titlegen-train [CONFIG=trainer_args/x.yaml] [ARGS="--key value ..."]
 	titlegen-train --config $(CONFIG) $(ARGS)
 
-predict:  ## make predict IN=public.jsonl [OUT=predictions.jsonl] [MODEL=outputs/...]
+predict:  ## run.sh: IN=public.jsonl [OUT=predictions.jsonl] [MODEL=outputs/...]
 	@test -n "$(IN)" || { echo "usage: make predict IN=path.jsonl [OUT=...] [MODEL=...]"; exit 2; }
 	TITLEGEN_MODEL=$(MODEL) PYTHON=$(PY) bash run.sh $(IN) $(OUT) $(ARGS)
 
 .PHONY: serve
-serve:  ## make serve MODEL=outputs/tiny_offline [ARGS="--port 8080 --strategy beam"]: the HTTP API and page (README: serving)
+serve:  ## titlegen-serve, the HTTP API and page: MODEL=outputs/tiny_offline [ARGS="--port 8080 --strategy beam"]
 	titlegen-serve --model $(MODEL) $(ARGS)
 
 .PHONY: rl
-rl:  ## make rl ARGS="--model outputs/tiny_offline [--key value ...]" [RL_CONFIG=trainer_args/rl_scst.yaml]
+rl:  ## titlegen-rl: ARGS="--model outputs/tiny_offline [--key value ...]" [RL_CONFIG=trainer_args/rl_scst.yaml]
 	titlegen-rl --config $(RL_CONFIG) $(ARGS)
 
 demo:  ## offline, under 10 minutes on 2 CPU cores: train from scratch on LCSTS, title the course sample, score, show
