@@ -173,11 +173,11 @@ def quality(args, workdir: Path) -> tuple[list[list], dict]:
     """The quality table's rows: the trained model's validation titles by engine and decoding."""
     import torch
 
+    from titlegen.config import trained_settings
     from titlegen.data import read_jsonl
     from titlegen.engines import TransformersEngine
     from titlegen.engines.ct2 import CT2Engine
     from titlegen.metrics import f100, get_segmenter, tw_rouge
-    from titlegen.modeling import trained_settings
 
     model_dir = quality_model(args)
     settings = trained_settings(str(model_dir))
