@@ -27,6 +27,8 @@ class TitleTrainer(Seq2SeqTrainer):
         super().__init__(*args, **kwargs)
         self.generation_backend = generation_backend
         self._engine = None  # the CTranslate2 engine of the evaluation under way
+        tokenizer = self.processing_class
+        self._byte_ids = byte_piece_ids(tokenizer) if tokenizer is not None else {}  # for the whole-character guard
 
     def evaluate(self, *args, **kwargs):
         with self._ct2_engine():
@@ -55,17 +57,18 @@ class TitleTrainer(Seq2SeqTrainer):
             return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
-        processors = title_guards(  # self.model: `model` may be wrapped for distributed training
-            self.model,
-            inputs,
-            restrict=is_article_tokens_only(generation_config),
-            no_loops=is_no_loops(generation_config),
-            byte_ids=self._byte_ids(),
-        )
-        if processors and self.args.predict_with_generate and not prediction_loss_only:
-            # Seq2SeqTrainer uses its own generate arguments only when given none.
-            gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
-            gen_kwargs["logits_processor"] = LogitsProcessorList(processors)
+        if self.args.predict_with_generate and not prediction_loss_only:
+            processors = title_guards(  # self.model: `model` may be wrapped for distributed training
+                self.model,
+                inputs,
+                restrict=is_article_tokens_only(generation_config),
+                no_loops=is_no_loops(generation_config),
+                byte_ids=self._byte_ids,
+            )
+            if processors:
+                # Seq2SeqTrainer uses its own generate arguments only when given none.
+                gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
+                gen_kwargs["logits_processor"] = LogitsProcessorList(processors)
         try:
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
@@ -88,10 +91,3 @@ class TitleTrainer(Seq2SeqTrainer):
         titles = padded(self._engine.generate_ids(articles, options, restrict), self.processing_class.pad_token_id)
         generated = torch.tensor(titles, dtype=torch.long, device=inputs["input_ids"].device)
         return loss, generated, inputs.get("labels")
-
-    def _byte_ids(self) -> dict[int, int]:
-        """`byte_piece_ids` of the tokenizer (worked out once)."""
-        if not hasattr(self, "_byte_piece_ids"):
-            tokenizer = self.processing_class
-            self._byte_piece_ids = byte_piece_ids(tokenizer) if tokenizer is not None else {}
-        return self._byte_piece_ids
