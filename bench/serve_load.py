@@ -140,9 +140,8 @@ def main() -> None:
 
     from titlegen.config import parse_args, trained_settings
     from titlegen.data import read_jsonl
-    from titlegen.engines import load_engine
+    from titlegen.recipes.serve import served_model
     from titlegen.recipes.serve import settings as serve_settings
-    from titlegen.serving.engine import ServedModel
     from titlegen.strategies import decoding_arguments
 
     transformers.utils.logging.set_verbosity_error()
@@ -151,12 +150,8 @@ def main() -> None:
     # The settings the server runs with, resolved as it resolves them: predict's defaults and the flags given.
     settings, preprocessing, decoding_settings, _ = parse_args(serve_settings(), ["--model", str(model), *server_flags])
     trained = trained_settings(str(model), preprocessing)
-    engine = ServedModel(
-        str(model),
-        load_engine(str(model), settings.backend, bf16=settings.bf16, compute_type=settings.compute_type),
-        max_source_length=trained["max_source_length"],
-        source_prefix=trained["source_prefix"],
-    )
+    decoding = decoding_arguments(decoding_settings.strategy, **decoding_settings.generate_arguments())
+    engine = served_model(settings, trained, decoding)
     meta = engine.metadata()
     print(machine())
     print(
@@ -168,7 +163,6 @@ def main() -> None:
     )
 
     def predict_pass() -> dict:
-        decoding = decoding_arguments(decoding_settings.strategy, **decoding_settings.generate_arguments())
         start = time.perf_counter()
         titles = engine.generate_titles(articles, batch_size=settings.batch_size, seed=settings.seed, **decoding)
         return {"titles": titles, "titles/s": len(titles) / (time.perf_counter() - start)}

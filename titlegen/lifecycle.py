@@ -256,6 +256,17 @@ def model_files(name_or_path: str | Path) -> list[Path]:
     return sorted({p for pattern in MODEL_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
 
 
+def start_engine(args):
+    """Seeds and CPU switches (`configure_process`), then the engine that `args` (`titlegen.config.GenerationArguments`)
+    names: how titlegen-predict, titlegen-compare and titlegen-serve start."""
+    from titlegen.engines import load_engine
+
+    configure_process(args.seed)
+    return load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )
+
+
 def title_decoding(model, run_args, num_beams: int | None) -> dict:
     """How a training run's model writes titles, in evaluation and as its saved default.
 

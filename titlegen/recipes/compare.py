@@ -63,8 +63,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
     from titlegen.config import trained_settings
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
-    from titlegen.engines import load_engine, resolve_backend
-    from titlegen.lifecycle import check_output_folder, configure_process
+    from titlegen.engines import resolve_backend
+    from titlegen.lifecycle import check_output_folder, start_engine
     from titlegen.metrics import get_segmenter
     from titlegen.plotting import plot_comparison
     from titlegen.strategies import (
@@ -88,10 +88,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     articles = [r[columns[1]] for r in records]
     references = [r[columns[2]] for r in records]
 
-    configure_process(args.seed)
-    engine = load_engine(
-        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
-    )
+    engine = start_engine(args)
     options = dict(
         batch_size=args.batch_size,
         max_source_length=trained["max_source_length"],

@@ -55,8 +55,8 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     args, files, preprocessing, decoding = parse_args(settings(), argv, description=__doc__)
 
     from titlegen.data import read_jsonl
-    from titlegen.engines import load_engine, resolve_backend
-    from titlegen.lifecycle import check_output_file, configure_process, model_files
+    from titlegen.engines import resolve_backend
+    from titlegen.lifecycle import check_output_file, model_files, start_engine
     from titlegen.memory import generation_advice, out_of_memory_advice
     from titlegen.progress import PredictionProgress, run_fingerprint
     from titlegen.strategies import decoding_arguments
@@ -69,10 +69,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     id_column, text_column = trained["id_column"], trained["text_column"]
     records = read_jsonl(files.input_file, fields=(id_column, text_column), id_field=id_column)
 
-    configure_process(args.seed)
-    engine = load_engine(
-        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
-    )
+    engine = start_engine(args)
     engine.check_decoding(seed=args.seed, **generate_kwargs)  # before anything is written
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     run_settings = {**vars(args), **vars(preprocessing), **vars(decoding), "input_file": files.input_file}

@@ -81,12 +81,9 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
     """The application: settings checked first, then the model loaded as titlegen-predict loads it."""
     from titlegen import TitlegenError
     from titlegen.config import DecodingArguments, trained_settings
-    from titlegen.engines import load_engine, resolve_backend
-    from titlegen.lifecycle import configure_process
+    from titlegen.engines import resolve_backend
     from titlegen.serving.app import create_app
-    from titlegen.serving.engine import ServedModel
     from titlegen.serving.schema import RequestRules
-    from titlegen.strategies import decoding_arguments
 
     if server_args.max_queue < server_args.max_articles:
         raise TitlegenError(
@@ -94,7 +91,6 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
         )
     resolve_backend(args.model_name_or_path, args.backend)
     overrides = {name: value for name, value in decoding.generate_arguments().items() if value is not None}
-    defaults = decoding_arguments(decoding.strategy, **overrides)  # a bad flag is refused before the model loads
     trained = trained_settings(args.model_name_or_path, preprocessing)
     rules = RequestRules.for_settings(
         DecodingArguments,
@@ -106,25 +102,35 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
         max_articles=server_args.max_articles,
         max_article_chars=server_args.max_article_chars,
     )
-
-    configure_process(args.seed)
-    engine = load_engine(
-        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
-    )
-    engine.check_decoding(seed=args.seed, **defaults)  # the defaults every request starts from
-    model = ServedModel(
-        args.model_name_or_path,
-        engine,
-        max_source_length=trained["max_source_length"],
-        source_prefix=trained["source_prefix"],
-    )
+    defaults = rules.defaults  # a bad flag is refused here, before the model loads
     return create_app(
-        model,
+        served_model(args, trained, defaults),
         rules,
         batch_size=args.batch_size,
         batch_wait=server_args.batch_wait_ms / 1000,
         max_queue=server_args.max_queue,
         timeout=server_args.request_timeout,
+    )
+
+
+def served_model(args, trained: dict, defaults: dict):
+    """The model a server titles with, started as titlegen-predict starts it (`titlegen.lifecycle.start_engine`).
+
+    Args:
+        args: `titlegen.config.GenerationArguments`.
+        trained: The model's preprocessing settings (`titlegen.config.trained_settings`).
+        defaults: The generate arguments every request starts from: refused here if the engine cannot honour them.
+    """
+    from titlegen.lifecycle import start_engine
+    from titlegen.serving.engine import ServedModel
+
+    engine = start_engine(args)
+    engine.check_decoding(seed=args.seed, **defaults)
+    return ServedModel(
+        args.model_name_or_path,
+        engine,
+        max_source_length=trained["max_source_length"],
+        source_prefix=trained["source_prefix"],
     )
 
 

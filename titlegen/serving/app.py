@@ -20,7 +20,7 @@ from titlegen import TitlegenError
 from titlegen.serving.batching import Batcher, Busy
 from titlegen.serving.engine import ServedModel
 from titlegen.serving.schema import RequestError, RequestRules, parse_request
-from titlegen.strategies import STRATEGIES, decoding_arguments
+from titlegen.strategies import STRATEGIES
 
 RETRY_AFTER_SECONDS = 1
 logger = logging.getLogger("titlegen.serve")
@@ -53,7 +53,7 @@ def create_app(
     batcher = Batcher(generate, batch_size=batch_size, batch_wait=batch_wait, max_queue=max_queue, timeout=timeout)
     metadata = engine.metadata()
     # What a request that sets nothing is decoded with: the model's generation config under the server's settings.
-    decoding = {**metadata["decoding"], **decoding_arguments(rules.strategy, **rules.overrides)}
+    decoding = {**metadata["decoding"], **rules.defaults}
     # A request body holds at most max_articles articles of max_article_chars characters, 4 bytes each in UTF-8,
     # and its ids and settings.
     max_body_bytes = rules.max_articles * (4 * rules.max_article_chars + 1024) + 65536
@@ -67,7 +67,6 @@ def create_app(
 
     # No generated API docs: they load their scripts from a CDN, and the body is checked by `parse_request`.
     app = FastAPI(title="titlegen", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.batcher = batcher
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, err: RequestError) -> JSONResponse:

@@ -45,13 +45,11 @@ class ServedModel:
 
     def metadata(self) -> dict[str, Any]:
         """What the model is: name, backend, parameters, vocabulary, preprocessing, decoding defaults."""
-        from titlegen.generation import ARTICLE_TOKENS_ONLY, is_article_tokens_only
         from titlegen.modeling import count_parameters
 
         config = self.engine.generation_config
         # transformers' own default stands for a setting the config leaves unset.
         decoding = {name: _first_set(getattr(config, name, None), default) for name, default in NEUTRAL.items()}
-        decoding[ARTICLE_TOKENS_ONLY] = is_article_tokens_only(config)
         decoding["max_new_tokens"] = config.max_new_tokens
         model = getattr(self.engine, "model", None)  # a CTranslate2 engine holds no torch model to count
         return {

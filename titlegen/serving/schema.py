@@ -70,6 +70,11 @@ class RequestRules:
         }
         return cls(flags=flags, **rules)
 
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The generate arguments of a request that sets none, on top of the model's generation config."""
+        return decoding_arguments(self.strategy, **self.overrides)
+
 
 @dataclass(frozen=True)
 class TitleRequest:
@@ -162,12 +167,7 @@ def parse_request(body: bytes, rules: RequestRules) -> TitleRequest:
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:
-    if kind is float:
-        ok = isinstance(value, (int, float))
-    elif kind is int:
-        ok = isinstance(value, int)
-    else:
-        ok = isinstance(value, kind)
+    ok = isinstance(value, (int, float) if kind is float else kind)
     if not ok or (isinstance(value, bool) and kind is not bool):
         expected = "a list of articles" if kind is list else TYPE_NAMES[kind]
         raise RequestError(f"request: field '{name}' must be {expected}, got {type(value).__name__}")
