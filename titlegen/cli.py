@@ -166,9 +166,7 @@ def _prune_vocab(argv: Sequence[str] | None) -> dict:
     from titlegen.prune import prune_vocabulary
 
     texts = _corpus(args.corpus, text.columns)
-    source_prefix = preprocessing.source_prefix
-    if source_prefix is None:
-        source_prefix = trained_settings(args.model_name_or_path)["source_prefix"]
+    source_prefix = trained_settings(args.model_name_or_path, preprocessing)["source_prefix"]
     sizes = prune_vocabulary(args.model_name_or_path, texts, args.output_dir, source_prefix)
     (vocab_before, vocab_after), (params_before, params_after) = sizes["vocab_size"], sizes["parameters"]
     print(

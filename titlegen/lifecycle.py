@@ -183,12 +183,10 @@ def read_training_data(data_args, seed: int) -> tuple[list[dict], list[dict]]:
 
 @dataclass
 class ModelFolder:
-    """A loaded, validated model: the model, its tokenizer, and the data settings it was trained with."""
+    """A loaded, validated model and its tokenizer."""
 
-    path: str
     model: Any
     tokenizer: Any
-    settings: dict  # titlegen.config.trained_settings: text_column, source_prefix, max_source_length, ...
 
 
 def load_model_folder(
@@ -212,11 +210,11 @@ def load_model_folder(
     tokenizer_name = tokenizer_name or name_or_path
     if Path(tokenizer_name).is_dir():
         check_tokenizer_files(Path(tokenizer_name))
-    settings = trained_settings(name_or_path)  # a damaged run_config.yaml fails here, before the weights load
+    trained_settings(name_or_path)  # a damaged run_config.yaml fails here, before the weights load
     tokenizer = load_tokenizer(tokenizer_name, cache_dir)
     model = load_model(name_or_path, cache_dir, **kwargs)
     check_model_fits_tokenizer(model, tokenizer, name_or_path)
-    return ModelFolder(str(name_or_path), model, tokenizer, settings)
+    return ModelFolder(model, tokenizer)
 
 
 def check_tokenizer_files(folder: Path) -> None:
@@ -267,17 +265,16 @@ def start_engine(args):
     )
 
 
-def title_decoding(model, run_args, num_beams: int | None) -> dict:
-    """How a training run's model writes titles, in evaluation and as its saved default.
+def title_decoding(model, run_args, data_args, num_beams: int | None):
+    """How a training run's model writes titles, in evaluation and as its saved default: a generation config
+    (`titlegen.generation.title_generation_config`) of at most ``generation_max_new_tokens`` tokens (else
+    ``max_target_length``).
 
     Each setting of `run_args` (``generation_article_tokens_only``, ``generation_no_loops``) and `num_beams`
     that is None is taken from the model's own generation config: a
     model trained to be decoded with beams, or with a guard, is fine-tuned and saved to be decoded so.
-
-    Returns:
-        The keyword arguments of `titlegen.generation.title_generation_config` but the length.
     """
-    from titlegen.generation import is_article_tokens_only
+    from titlegen.generation import is_article_tokens_only, title_generation_config
     from titlegen.loops import is_no_loops
 
     config = model.generation_config
@@ -285,11 +282,13 @@ def title_decoding(model, run_args, num_beams: int | None) -> dict:
     def either(setting, own):
         return own if setting is None else setting
 
-    return {
-        "num_beams": either(num_beams, config.num_beams or 1),
-        "article_tokens_only": either(run_args.generation_article_tokens_only, is_article_tokens_only(config)),
-        "no_loops": either(run_args.generation_no_loops, is_no_loops(config)),
-    }
+    return title_generation_config(
+        model,
+        run_args.generation_max_new_tokens or data_args.max_target_length,
+        num_beams=either(num_beams, config.num_beams or 1),
+        article_tokens_only=either(run_args.generation_article_tokens_only, is_article_tokens_only(config)),
+        no_loops=either(run_args.generation_no_loops, is_no_loops(config)),
+    )
 
 
 # The process ----------------------------------------------------------------------------------------------------------

@@ -53,7 +53,6 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     from titlegen import lifecycle
     from titlegen.checkpoints import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state
     from titlegen.data import normalize_text, write_json, write_jsonl
-    from titlegen.generation import title_generation_config
     from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import count_parameters
@@ -89,9 +88,8 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     # decoded with beams, or with a guard, is selected, and later used, so. The restriction to the article's tokens
     # applies there too; the titles sampled for training are not restricted, so that their log-probabilities are
     # the policy's own.
-    decoding = lifecycle.title_decoding(policy, run_args, training_args.generation_num_beams)
-    max_new_tokens = run_args.generation_max_new_tokens or data_args.max_target_length
-    policy.generation_config = title_generation_config(policy, max_new_tokens, **decoding)
+    policy.generation_config = lifecycle.title_decoding(policy, run_args, data_args, training_args.generation_num_beams)
+    max_new_tokens = policy.generation_config.max_new_tokens
     reference = None
     if lora_args.use_lora:  # the policy stays in eval mode, so the adapters' dropout is off (titlegen/rl/)
         policy = add_lora(

@@ -51,7 +51,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
     from titlegen.data import normalize_text, write_jsonl
     from titlegen.distributed import wait_for_everyone
-    from titlegen.generation import decode_titles, title_generation_config
+    from titlegen.generation import decode_titles
     from titlegen.loops import is_no_loops
     from titlegen.lora import add_lora, merge_adapter
     from titlegen.loss import title_loss
@@ -120,13 +120,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                         copy_slots=model_args.tokenizer_copy_slots,
                     )
         model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
-    # Titles of generation_max_new_tokens (or max_target_length) tokens at most, decoded as the settings (or the
-    # starting model) say.
-    generation_config = title_generation_config(
-        model,
-        run_args.generation_max_new_tokens or data_args.max_target_length,
-        **lifecycle.title_decoding(model, run_args, training_args.generation_num_beams),
-    )
+    # Titles decoded as the settings (or the starting model) say.
+    generation_config = lifecycle.title_decoding(model, run_args, data_args, training_args.generation_num_beams)
     model.generation_config = generation_config  # before LoRA: the base model, which the adapters leave in place
     if model_args.freeze_encoder:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
