@@ -31,10 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from titlegen.corpus import data_dir
+from bench._common import LCSTS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-LCSTS = data_dir() / "lcsts"
 RESULTS = ROOT / "bench" / "results"
 VOCAB_SIZE = 250_112  # mT5's embedding rows (MT5Config's default)
 TOKENIZER_SIZE = 32_000

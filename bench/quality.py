@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from bench._common import LCSTS, ROOT, machine, markdown_table
+from titlegen.showcase import lead
 
 VALIDATION_FILE = LCSTS / "validation.zh-tw.jsonl"
 TEST_FILE = LCSTS / "test.zh-tw.jsonl"
@@ -38,13 +39,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--eval_steps", type=int, default=1000, help="validate (and checkpoint) this often")
     parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "bench" / "quality"))
     return parser.parse_known_args(argv)
-
-
-def lead(articles: list[str], n: int) -> list[str]:
-    """The lead baseline: the first n characters of each article."""
-    from titlegen.data import normalize_text
-
-    return [normalize_text(a)[:n] for a in articles]
 
 
 def score(predictions: dict[str, list[str]], references: list[str], segmenter_name: str) -> dict[str, dict]:

@@ -103,9 +103,6 @@ def load_trainable_state(model, state: dict) -> None:
         raise ValueError(f"weights that the model does not have: {result.unexpected_keys[:3]}")
 
 
-# Batches, checkpoints, curves -----------------------------------------------------------------------------------------
-
-
 def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: dict) -> Path:
     """Writes everything a run needs to continue to ``checkpoint-STEP``, atomically, and removes older ones.
 
@@ -116,8 +113,6 @@ def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: 
         scheduler: Its learning-rate scheduler.
         state: JSON-serialisable run state with at least ``step``.
     """
-    import shutil
-
     import torch
     from safetensors.torch import save_file
 
@@ -135,8 +130,8 @@ def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: 
             tmp / "optimizer.pt",
         )
         write_json(tmp / _RL_STATE, state)
-    for old in Path(output_dir).glob("checkpoint-*"):
-        if old != final and checkpoint_step(old) is not None:
+    for old in _checkpoints(Path(output_dir)):
+        if old != final:
             shutil.rmtree(old)
     return final
 

@@ -228,7 +228,7 @@ def activation_bytes_per_example(
     return layers + ends
 
 
-def meta_model(model_args, lora_args=None):
+def meta_model(model_args, lora_args):
     """The model a training run with `model_args` (and `lora_args`) would train, built on the ``meta`` device.
 
     Frozen parts and LoRA adapters are applied as the training recipe applies them. A model built from
@@ -265,7 +265,7 @@ def meta_model(model_args, lora_args=None):
             freeze_encoder(model)
         if model_args.freeze_embeddings:
             freeze_embeddings(model)
-        if lora_args is not None and lora_args.use_lora:
+        if lora_args.use_lora:
             model = add_lora(
                 model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
             )

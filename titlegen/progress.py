@@ -38,6 +38,10 @@ def run_fingerprint(settings: dict, files: Iterable[str | Path]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# The side file's suffix: OUTPUT.progress.
+SUFFIX = ".progress"
+
+
 class PredictionProgress:
     """The titles an interrupted prediction run already wrote, kept next to its output file.
 
@@ -45,14 +49,13 @@ class PredictionProgress:
     runs writing the same output never mix their titles; the second is refused with a message naming the file.
 
     Args:
-        output_path: The output file; the side file is the same path with `suffix` added.
+        output_path: The output file; the side file is the same path with `SUFFIX` added.
         fingerprint: Identifies the run (see `run_fingerprint`); a side file left by a run with another
             fingerprint is discarded.
-        suffix: The side file's suffix.
     """
 
-    def __init__(self, output_path: str | Path, fingerprint: str, suffix: str = ".progress"):
-        self.path = Path(f"{output_path}{suffix}")
+    def __init__(self, output_path: str | Path, fingerprint: str):
+        self.path = Path(f"{output_path}{SUFFIX}")
         self.fingerprint = fingerprint
         self._file = None
 

@@ -12,6 +12,7 @@ A setting of a comparison grid is a mapping with a ``strategy`` and its override
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from titlegen import TitlegenError
 from titlegen.config import DecodingArguments, check_range, setting_range
 from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K
 from titlegen.loops import NO_LOOPS
+
+# titlegen's own decoding settings, beside transformers' GenerationConfig arguments.
+TITLEGEN_ARGUMENTS = (ARTICLE_TOKENS_ONLY, NO_LOOPS)
 
 # transformers' defaults for the arguments the presets use: one beam, no sampling, no penalties.
 # Sampling keeps only the DEFAULT_TOP_K likeliest tokens unless told otherwise, so the sampling presets set top_k.
@@ -83,17 +87,16 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
     """
     from transformers import GenerationConfig
 
+    known, ranges = _argument_rules()
     if strategy is not None and strategy not in STRATEGIES:
         raise TitlegenError(f"{source}: unknown strategy '{strategy}'; choose one of {', '.join(STRATEGIES)}")
     arguments = {**NEUTRAL, **STRATEGIES[strategy]} if strategy else {}
     arguments.update({name: value for name, value in overrides.items() if value is not None})
-    known = GenerationConfig().to_dict()
-    ranges = {f.name: setting_range(f) for f in dataclasses.fields(DecodingArguments)}
     for name, value in arguments.items():
-        if name not in known and name not in (ARTICLE_TOKENS_ONLY, NO_LOOPS):
+        if name not in known and name not in TITLEGEN_ARGUMENTS:
             raise TitlegenError(f"{source}: '{name}' is not an argument of transformers' GenerationConfig")
         check_range(name, value, ranges.get(name, {}), source)
-    transformers_arguments = {k: v for k, v in arguments.items() if k not in (ARTICLE_TOKENS_ONLY, NO_LOOPS)}
+    transformers_arguments = {k: v for k, v in arguments.items() if k not in TITLEGEN_ARGUMENTS}
     try:
         GenerationConfig(**transformers_arguments).validate(strict=True)
     except ValueError as err:
@@ -101,6 +104,16 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
         problems = [line.lstrip("- ") for line in str(err).splitlines() if line.startswith("- ")]
         raise TitlegenError(f"{source}: {problems[0] if problems else str(err).strip()}") from err
     return arguments
+
+
+@functools.cache
+def _argument_rules() -> tuple[frozenset[str], dict[str, dict]]:
+    """The names of transformers' GenerationConfig arguments, and the declared ranges of `DecodingArguments`
+    (worked out once: a server checks every request's settings)."""
+    from transformers import GenerationConfig
+
+    known = frozenset(GenerationConfig().to_dict())
+    return known, {f.name: setting_range(f) for f in dataclasses.fields(DecodingArguments)}
 
 
 def setting_name(setting: dict[str, Any]) -> str:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 # The preprocessing settings a prediction can override; by default, each is as the model was trained.
 PREPROCESSING = ("text_column", "id_column", "source_prefix", "max_source_length")
-PROGRESS_SUFFIX = ".progress"
 
 
 @dataclass
@@ -58,11 +57,11 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.engines import resolve_backend
     from titlegen.lifecycle import check_output_file, model_files, start_engine
     from titlegen.memory import generation_advice, out_of_memory_advice
-    from titlegen.progress import PredictionProgress, run_fingerprint
+    from titlegen.progress import SUFFIX, PredictionProgress, run_fingerprint
     from titlegen.strategies import decoding_arguments
 
     # Everything that can be refused is refused before the model loads: the output path, the settings, the input.
-    check_output_file(files.output_file, [files.input_file], side_files=[PROGRESS_SUFFIX])
+    check_output_file(files.output_file, [files.input_file], side_files=[SUFFIX])
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     generate_kwargs = decoding_arguments(decoding.strategy, **decoding.generate_arguments())
     trained = trained_settings(args.model_name_or_path, preprocessing)
@@ -74,7 +73,7 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     run_settings = {**vars(args), **vars(preprocessing), **vars(decoding), "input_file": files.input_file}
     fingerprint = run_fingerprint(run_settings, [files.input_file, *model_files(args.model_name_or_path)])
-    with PredictionProgress(files.output_file, fingerprint, suffix=PROGRESS_SUFFIX) as progress:
+    with PredictionProgress(files.output_file, fingerprint) as progress:
         finished = progress.load()
         done = {i: finished[r[id_column]] for i, r in enumerate(records) if r[id_column] in finished}
         if done:

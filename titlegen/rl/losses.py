@@ -109,6 +109,3 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.T
 
     log_ratio = ref_logprobs - logprobs
     return masked_mean(torch.exp(log_ratio) - log_ratio - 1.0, mask)
-
-
-# Rollout and update ---------------------------------------------------------------------------------------------------
