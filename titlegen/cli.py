@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.engines.ct2 import DEFAULT_QUANTIZATION, QUANTIZATIONS
+from titlegen.engines import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from titlegen.lifecycle import run_command
 
 

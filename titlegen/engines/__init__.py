@@ -21,6 +21,9 @@ from typing import Protocol
 from titlegen import TitlegenError
 
 BACKENDS = ("auto", "transformers", "ct2")
+# Weight types titlegen-export writes (CTranslate2's names).
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32")
+DEFAULT_QUANTIZATION = "int8"
 # Written into every CTranslate2 export by titlegen-export; a folder that holds it is decoded by CTranslate2.
 EXPORT_MARKER = "titlegen_export.json"
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.engines import EXPORT_MARKER, is_export
+from titlegen.engines import DEFAULT_QUANTIZATION, EXPORT_MARKER, QUANTIZATIONS, is_export
 from titlegen.generation import (
     ARTICLE_TOKENS_ONLY,
     DEFAULT_TOP_K,
@@ -54,9 +54,6 @@ from titlegen.loops import NO_LOOPS, is_no_loops
 
 logger = logging.getLogger(__name__)
 
-# Weight types titlegen-export writes (CTranslate2's names).
-QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32")
-DEFAULT_QUANTIZATION = "int8"
 EXPORT_FORMAT = "titlegen ctranslate2 export v1"
 # The export's log-probabilities may differ from the model's by at most this much per token: float32
 # weights compute the same function in another order; quantized ones round every weight.

@@ -116,7 +116,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
         weight_decay=training_args.weight_decay,
     )
     max_steps = training_args.max_steps
-    warmup_steps = absolute_steps(training_args.warmup_steps, max_steps) if training_args.warmup_steps else 0
+    warmup_steps = absolute_steps(training_args.warmup_steps, max_steps)
     scheduler = get_scheduler(training_args.lr_scheduler_type, optimizer, warmup_steps, max_steps)
     eval_steps = absolute_steps(training_args.eval_steps, max_steps)
     state = {"step": 0, "best_step": None, "best_rouge_l": None, "history": []}
