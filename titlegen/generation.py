@@ -23,10 +23,9 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 
 from titlegen.characters import WholeCharacters, byte_piece_ids, drop_broken_characters
-from titlegen.data import normalize_text
 from titlegen.loops import NO_LOOPS, NoLoops, is_no_loops
-from titlegen.preprocessing import source_texts
-from titlegen.spans import decode_title, encode_articles, uses_slots
+from titlegen.preprocessing import source_inputs
+from titlegen.spans import decode_title
 
 # transformers samples from the 50 likeliest tokens unless top_k says otherwise.
 DEFAULT_TOP_K = 50
@@ -88,10 +87,7 @@ def article_inputs(
 
     Every engine encodes articles here, and decodes titles with `decode_titles`, so that they read and write alike.
     """
-    spans = None
-    if uses_slots(tokenizer):
-        articles, spans = encode_articles([normalize_text(a) for a in articles])
-    texts = source_texts(list(articles), source_prefix)
+    texts, spans = source_inputs(tokenizer, articles, source_prefix)
     return texts, tokenizer(texts, max_length=max_source_length, truncation=True)["input_ids"], spans
 
 

@@ -15,6 +15,18 @@ def source_texts(articles: list[str], source_prefix: str = "") -> list[str]:
     return [source_prefix + normalize_text(a) for a in articles]
 
 
+def source_inputs(tokenizer, articles: Sequence[str], source_prefix: str = "") -> tuple[list[str], list | None]:
+    """What a model reads of each article, as text (`source_texts`), and, with a tokenizer that has copy slots
+    (`titlegen.spans`), the article encoded with them and its spans, which its title's slots stand for (else None).
+
+    Training (`make_tokenize_fn`) and every engine (`titlegen.generation.article_inputs`) read articles so.
+    """
+    spans = None
+    if uses_slots(tokenizer):
+        articles, spans = encode_articles(articles)
+    return source_texts(list(articles), source_prefix), spans
+
+
 def make_tokenize_fn(
     tokenizer,
     text_column: str,
@@ -29,17 +41,12 @@ def make_tokenize_fn(
     is ignored by the loss. With a tokenizer that has copy slots, articles and titles are encoded with them.
     """
 
-    slots = uses_slots(tokenizer)
-
     def tokenize(batch: dict) -> dict:
-        if slots:
-            articles, spans = encode_articles([normalize_text(a) for a in batch[text_column]])
-        else:
-            articles = batch[text_column]
-        features = tokenizer(source_texts(articles, source_prefix), max_length=max_source_length, truncation=True)
+        texts, spans = source_inputs(tokenizer, batch[text_column], source_prefix)
+        features = tokenizer(texts, max_length=max_source_length, truncation=True)
         if summary_column in batch:
             titles = [normalize_text(t) for t in batch[summary_column]]
-            if slots:
+            if spans is not None:
                 titles = [encode_title(t, s) for t, s in zip(titles, spans, strict=True)]
             features["labels"] = tokenizer(text_target=titles, max_length=max_target_length, truncation=True)[
                 "input_ids"

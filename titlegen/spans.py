@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from titlegen.data import normalize_text
+
 SLOTS = 32
 SLOT_TOKENS = [f"<w{i}>" for i in range(SLOTS)]
 # A run: ASCII letters and digits, with the decimal point or thousands separators of a number inside it.
@@ -66,8 +68,9 @@ def encode_title(title: str, spans: Sequence[str]) -> str:
 
 
 def encode_articles(articles: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    """`encode_article` of each article: the encoded texts, and the spans of each."""
-    pairs = [encode_article(a) for a in articles]
+    """`encode_article` of each article, its whitespace normalised first (`normalize_text`): the encoded texts, and
+    the spans of each."""
+    pairs = [encode_article(normalize_text(a)) for a in articles]
     return [text for text, _ in pairs], [spans for _, spans in pairs]
 
 

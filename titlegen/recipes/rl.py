@@ -106,7 +106,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     features = tokenize({text: [r[text] for r in train_records], summary: [r[summary] for r in train_records]})
     references = [normalize_text(r[summary]) for r in train_records]
     if uses_slots(tokenizer):  # rewards compare titles as sampled, with their copy slots (titlegen/spans.py)
-        spans = encode_articles([normalize_text(r[text]) for r in train_records])[1]
+        spans = encode_articles([r[text] for r in train_records])[1]
         references = [encode_title(t, s) for t, s in zip(references, spans, strict=True)]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
 

@@ -49,7 +49,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
 
     from titlegen import TitlegenError, lifecycle
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
-    from titlegen.data import normalize_text, write_jsonl
+    from titlegen.data import write_jsonl
     from titlegen.distributed import wait_for_everyone
     from titlegen.generation import decode_titles
     from titlegen.loops import is_no_loops
@@ -111,7 +111,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                     )
                     texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
                     if model_args.tokenizer_copy_slots:
-                        texts = encode_articles([normalize_text(t) for t in texts])[0]
+                        texts = encode_articles(list(texts))[0]
                     tokenizer = train_tokenizer(
                         texts,
                         tokenizer_dir,
@@ -171,7 +171,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     # The evaluation articles' copy-slot spans, which turn generated slots back into words and numbers.
     eval_spans = None
     if uses_slots(tokenizer):
-        eval_spans = encode_articles([normalize_text(r[data_args.text_column]) for r in eval_records])[1]
+        eval_spans = encode_articles([r[data_args.text_column] for r in eval_records])[1]
     callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
     if run_args.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
