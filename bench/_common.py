@@ -44,8 +44,9 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
-def offline_model(model: str | None, folder: Path) -> Path:
-    """The given model folder, or one trained (once, resumably) into `folder` with trainer_args/tiny_offline.yaml."""
+def offline_model(model: str | None, folder: Path, *train_args: str) -> Path:
+    """The given model folder, or one trained (once, resumably) into `folder` with trainer_args/tiny_offline.yaml
+    and `train_args` on top."""
     if model:
         return Path(model)
     if not (folder / "model.safetensors").is_file():
@@ -54,5 +55,5 @@ def offline_model(model: str | None, folder: Path) -> Path:
         print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {folder}", flush=True)
         # --resume: a training that was interrupted continues from its last checkpoint.
         config = str(ROOT / "trainer_args" / "tiny_offline.yaml")
-        train(["--config", config, "--output_dir", str(folder), "--report_to", "none", "--resume", "true"])
+        train(["--config", config, "--output_dir", str(folder), "--report_to", "none", "--resume", "true", *train_args])
     return folder
