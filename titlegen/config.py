@@ -22,8 +22,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from titlegen import TitlegenError
-from titlegen.engines import BACKENDS
+from titlegen import TitlegenError, __version__
+from titlegen.backends import BACKENDS
+from titlegen.corpus import expand_data_dir
+from titlegen.data import atomic_write_text
 
 
 @dataclass
@@ -385,7 +387,8 @@ _RANGE_KEYS = ("min", "min_exclusive", "max")
 _TITLEGEN_METADATA = (*_RANGE_KEYS, "positional")
 
 
-def _yaml_load(path: str) -> dict[str, Any]:
+def read_yaml(path: str) -> dict[str, Any]:
+    """A YAML file's mapping; an unreadable file, bad YAML or anything but a mapping is a `TitlegenError`."""
     import yaml
 
     try:
@@ -420,9 +423,7 @@ def load_config_file(path: str, types: Sequence[type]) -> dict[str, Any]:
 
     ``${TITLEGEN_DATA}`` in a value stands for the data folder (`titlegen.corpus.data_dir`).
     """
-    from titlegen.corpus import expand_data_dir
-
-    values = _yaml_load(path)
+    values = read_yaml(path)
     check_keys(list(values), types, path)
     return {key: expand_data_dir(value) for key, value in values.items()}
 
@@ -545,23 +546,20 @@ def save_config(path: str | Path, config: dict[str, Any], header: str = "") -> N
     """Writes a config mapping as YAML (atomically), with an optional comment header."""
     import yaml
 
-    from titlegen.data import atomic_write_text
-
     body = yaml.safe_dump(config, allow_unicode=True, sort_keys=True)
     comment = "".join(f"# {line}\n" for line in header.splitlines())
     atomic_write_text(path, comment + body)
 
 
-def trained_settings(model_dir: str | Path, overrides: Any = None) -> dict[str, Any]:
-    """The data settings a model folder was trained with: its run_config.yaml over `DataArguments`' defaults.
+def save_run_config(output_dir: str | Path, command: str, *settings) -> None:
+    """Writes output_dir/run_config.yaml: the run's settings that differ from the defaults, and how to rerun it."""
+    import torch
+    import transformers
 
-    A hub id, or a folder without run_config.yaml, gets the defaults. `overrides`, a dataclass instance of a
-    command's preprocessing settings, replaces each setting it gives (one that is None keeps the trained value).
-    """
-    settings = dataclasses.asdict(DataArguments())
-    path = Path(model_dir) / "run_config.yaml"
-    if path.is_file():
-        settings.update(_yaml_load(str(path)))
-    if overrides is not None:
-        settings.update({k: v for k, v in vars(overrides).items() if v is not None})
-    return settings
+    path = Path(output_dir) / "run_config.yaml"
+    save_config(
+        path,
+        resolved_config(*settings),
+        header=f"Resolved settings of this run (titlegen {__version__}, transformers {transformers.__version__}, "
+        f"torch {torch.__version__}).\nReproduce it with: {command} --config {path}",
+    )

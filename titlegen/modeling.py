@@ -1,82 +1,21 @@
-"""Loading and building models and tokenizers."""
+"""Building the model a run trains: from a pretrained folder or from a config, frozen in parts, with LoRA adapters.
+
+Loading and checking a model folder is `titlegen.model_folder`'s job; this module builds on it.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.lora import add_lora
+from titlegen.model_folder import load_model_folder, load_tokenizer
+from titlegen.spans import encode_articles
+from titlegen.tokenizer import train_tokenizer
 
-ADAPTER_CONFIG = "adapter_config.json"  # marks a LoRA adapter folder, as peft writes it
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-OFFLINE_HINT = (
-    "Without network access, point model_name_or_path at a local folder that holds the model "
-    "(config.json and model.safetensors, e.g. one saved by titlegen-train), or train a model from "
-    "scratch with an offline config such as trainer_args/tiny_offline.yaml."
-)
-
-
-def load_tokenizer(name_or_path: str, cache_dir: str | None = None):
-    """Loads a tokenizer by hub id or folder, with an actionable error when it cannot be found."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
-    except (OSError, ValueError) as err:
-        raise TitlegenError(f"cannot load the tokenizer '{name_or_path}': {_reason(err, name_or_path)}") from err
-
-
-def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: bool = True, **kwargs):
-    """Loads a pretrained seq2seq model by hub id or folder, or a LoRA adapter folder with its base model.
-
-    Weights are read from safetensors only, and remote code is never run, so a folder from elsewhere
-    cannot execute code when it is loaded.
-
-    Args:
-        name_or_path: Hub id, model folder, or adapter folder (one with ``adapter_config.json``, as a
-            ``use_lora`` run writes). An adapter's base model is loaded from the ``base_model_name_or_path``
-            its config names.
-        cache_dir: Where downloaded models are cached.
-        merge_adapter: Merge an adapter into the base weights and return a plain model, which generates
-            as fast as the base model; otherwise return the peft model with the adapter kept apart.
-        **kwargs: Passed to ``from_pretrained`` (e.g. ``dtype``).
-    """
-    from safetensors import SafetensorError
-    from transformers import AutoModelForSeq2SeqLM
-
-    if (Path(name_or_path) / ADAPTER_CONFIG).is_file():
-        return _load_adapter(name_or_path, cache_dir, merge_adapter, **kwargs)
-    if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").is_file():
-        raise TitlegenError(f"{name_or_path}: not a model folder (it has no config.json)")
-    try:
-        return AutoModelForSeq2SeqLM.from_pretrained(
-            name_or_path, cache_dir=cache_dir, use_safetensors=True, trust_remote_code=False, **kwargs
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or mismatched weights
-        raise TitlegenError(f"cannot load the model '{name_or_path}': {_reason(err, name_or_path)}") from err
-
-
-def _load_adapter(adapter_dir: str, cache_dir: str | None, merge: bool, **kwargs):
-    from peft import PeftConfig, PeftModel
-    from transformers import GenerationConfig
-
-    if not (Path(adapter_dir) / ADAPTER_WEIGHTS).is_file():
-        raise TitlegenError(
-            f"{adapter_dir}: no {ADAPTER_WEIGHTS}; adapters are loaded from safetensors only, since a pickled "
-            "adapter_model.bin can run code when it is loaded"
-        )
-    base = PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
-    if not base:
-        raise TitlegenError(f"{adapter_dir}/{ADAPTER_CONFIG}: base_model_name_or_path is not set")
-    try:
-        base_model = load_model(base, cache_dir, **kwargs)
-    except TitlegenError as err:
-        raise TitlegenError(f"{adapter_dir}: cannot load the adapter's base model: {err}") from err
-    model = PeftModel.from_pretrained(base_model, adapter_dir)
-    if merge:
-        model = model.merge_and_unload()
-    if (Path(adapter_dir) / "generation_config.json").is_file():  # the title settings of the adapter's run
-        model.generation_config = GenerationConfig.from_pretrained(adapter_dir)
-    return model
+logger = logging.getLogger(__name__)
 
 
 def build_model(model_type: str, tokenizer, config_overrides: str | None = None):
@@ -120,16 +59,6 @@ def new_model_config(model_type: str, config_overrides: str | None = None, **set
         raise TitlegenError(f"config_overrides={config_overrides!r}: {err}") from err
     overridden = {pair.split("=", 1)[0] for pair in config_overrides.split(",")}
     return AutoConfig.for_model(model_type, **{**settings, **{key: getattr(config, key) for key in overridden}})
-
-
-def load_config(name_or_path: str, cache_dir: str | None = None):
-    """Loads a pretrained model's config by hub id or folder, with an actionable error."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(name_or_path, cache_dir=cache_dir)
-    except (OSError, ValueError) as err:
-        raise TitlegenError(f"cannot load the config of '{name_or_path}': {_reason(err, name_or_path)}") from err
 
 
 def fix_tied_output_scale(model) -> None:
@@ -206,10 +135,76 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def starting_model(model_args, training_args, texts: Callable[[], Iterable[str]], output_dir: Path, resumed: bool):
+    """The tokenizer and model a training run starts from: a pretrained folder or hub id, or a model built from
+    ``model_type`` and ``config_overrides`` with a SentencePiece tokenizer trained on the run's `texts`.
+
+    Args:
+        model_args: `titlegen.config.ModelArguments`.
+        training_args: The run's ``Seq2SeqTrainingArguments``: under a launcher, process 0 of each machine trains
+            the tokenizer while the others wait, then load it.
+        texts: Gives the training text (articles and titles) for a new tokenizer; called only when one is trained.
+        output_dir: The run's folder; a new tokenizer is written to its ``tokenizer/``.
+        resumed: Whether the run resumes: a new model then loads the tokenizer the interrupted run trained.
+
+    Returns:
+        ``(tokenizer, model)``.
+    """
+    if model_args.model_name_or_path:
+        start = load_model_folder(model_args.model_name_or_path, model_args.cache_dir, model_args.tokenizer_name)
+        return start.tokenizer, start.model
+    tokenizer_dir = output_dir / "tokenizer"
+    if model_args.tokenizer_name:
+        tokenizer = load_tokenizer(model_args.tokenizer_name, model_args.cache_dir)
+    elif resumed and tokenizer_dir.is_dir():  # the tokenizer the interrupted run trained
+        tokenizer = load_tokenizer(str(tokenizer_dir))
+    else:
+        with training_args.main_process_first(desc="training the tokenizer"):
+            if training_args.local_process_index > 0:
+                tokenizer = load_tokenizer(str(tokenizer_dir))
+            else:
+                logger.info("training a %s SentencePiece tokenizer of at most %d tokens",
+                            model_args.tokenizer_type, model_args.tokenizer_vocab_size)  # fmt: skip
+                corpus = texts()
+                if model_args.tokenizer_copy_slots:
+                    corpus = encode_articles(list(corpus))[0]
+                tokenizer = train_tokenizer(
+                    corpus,
+                    tokenizer_dir,
+                    model_args.tokenizer_vocab_size,
+                    model_type=model_args.tokenizer_type,
+                    copy_slots=model_args.tokenizer_copy_slots,
+                )
+    return tokenizer, build_model(model_args.model_type, tokenizer, model_args.config_overrides)
 
 
-def _reason(err: Exception, name_or_path: str) -> str:
-    """Why loading failed, in one line; for a name that is no local folder, how to do without the hub."""
-    return _first_line(err) if Path(name_or_path).exists() else f"{_first_line(err)}. {OFFLINE_HINT}"
+def adapt_for_training(model, lora_args, freeze_encoder_weights: bool = False, freeze_embedding_weights: bool = False):
+    """The model as a run trains it: parts frozen as asked, then LoRA adapters when ``lora_args.use_lora``.
+
+    One set-up for titlegen-train, titlegen-rl and the memory estimate (`titlegen.memory.meta_model`), so that what
+    is estimated is what is trained.
+
+    Args:
+        model: The starting model.
+        lora_args: `titlegen.config.LoraArguments`.
+        freeze_encoder_weights: Train only the decoder (`freeze_encoder`).
+        freeze_embedding_weights: Keep the token embeddings fixed (`freeze_embeddings`).
+
+    Returns:
+        The model to train: `model` itself, or the peft model around it.
+    """
+    if freeze_encoder_weights:
+        logger.info("froze %d encoder parameters", freeze_encoder(model))
+    if freeze_embedding_weights:
+        logger.info("froze %d embedding parameters", freeze_embeddings(model))
+    if lora_args.use_lora:
+        model = add_lora(
+            model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
+        )
+    return model
+
+
+def log_parameters(model) -> None:
+    """Logs how many of the model's parameters a run trains."""
+    trainable, total = count_parameters(model)
+    logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)

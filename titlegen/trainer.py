@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from functools import partial
 
 from transformers import LogitsProcessorList, Seq2SeqTrainer
 
+from titlegen import TitlegenError
+from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
 from titlegen.characters import byte_piece_ids
+from titlegen.engines.ct2 import padded, training_engine
 from titlegen.generation import is_article_tokens_only, title_guards
 from titlegen.loops import is_no_loops
+from titlegen.loss import title_loss
+from titlegen.metrics import build_compute_metrics, get_segmenter
 
 
 class TitleTrainer(Seq2SeqTrainer):
@@ -44,7 +50,6 @@ class TitleTrainer(Seq2SeqTrainer):
         if self.generation_backend != "ct2" or not self.args.predict_with_generate or self._engine is not None:
             yield
             return
-        from titlegen.engines.ct2 import training_engine
 
         with training_engine(self.model, self.processing_class) as self._engine:
             try:
@@ -79,8 +84,6 @@ class TitleTrainer(Seq2SeqTrainer):
         """The loss from the model, the titles from its CTranslate2 export (padded token ids, as generate's)."""
         import torch
 
-        from titlegen.engines.ct2 import padded
-
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
         # Seq2SeqTrainer uses its own generate arguments only when given none.
         gen_kwargs = {k: v for k, v in (gen_kwargs or getattr(self, "_gen_kwargs", {})).items() if v is not None}
@@ -91,3 +94,46 @@ class TitleTrainer(Seq2SeqTrainer):
         titles = padded(self._engine.generate_ids(articles, options, restrict), self.processing_class.pad_token_id)
         generated = torch.tensor(titles, dtype=torch.long, device=inputs["input_ids"].device)
         return loss, generated, inputs.get("labels")
+
+
+def title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval_dataset, eval_spans, callbacks=()):
+    """The `TitleTrainer` of a training run: titlegen's loss, tw_rouge on each evaluation, and its callbacks.
+
+    Args:
+        model: The model to train, its generation config set (`titlegen.generation.title_decoding`).
+        tokenizer: Its tokenizer.
+        training_args: ``Seq2SeqTrainingArguments``.
+        run_args: `titlegen.config.RunArguments`: the segmenter, early stopping and evaluation backend.
+        train_dataset: Tokenized training pairs.
+        eval_dataset: Tokenized validation pairs.
+        eval_spans: The validation articles' copy-slot spans (None without copy slots), which turn generated
+            slots back into words and numbers.
+        callbacks: Extra ``TrainerCallback`` objects (e.g. a benchmark's timers).
+    """
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
+
+    if run_args.generation_backend == "ct2" and is_no_loops(model.generation_config):
+        raise TitlegenError(
+            "generation_backend ct2 cannot honour generation_no_loops (CTranslate2 has no per-title guard): "
+            "set generation_no_loops false, or generation_backend transformers"
+        )
+    callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
+    if run_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
+    compute_metrics = None
+    if training_args.predict_with_generate:
+        segmenter = get_segmenter(run_args.segmenter)
+        compute_metrics = build_compute_metrics(tokenizer, segmenter, num_samples=len(eval_dataset), spans=eval_spans)
+    return TitleTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
+        compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        generation_backend=run_args.generation_backend,
+    )
