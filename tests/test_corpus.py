@@ -8,8 +8,9 @@ import pytest
 from transformers import Seq2SeqTrainingArguments
 
 from titlegen import TitlegenError
+from titlegen.arguments import DataArguments, ModelArguments, RunArguments
 from titlegen.cli import data_main
-from titlegen.config import DataArguments, ModelArguments, RunArguments, load_config_file
+from titlegen.config import load_config_file
 from titlegen.corpus import DATA_ENV, OPENCC, SHA256, data_dir, download, lcsts_records, traditional
 from titlegen.data import write_jsonl
 

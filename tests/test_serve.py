@@ -21,7 +21,7 @@ from titlegen.data import read_jsonl
 from titlegen.engines.ct2 import export_model
 from titlegen.recipes.predict import predict
 from titlegen.recipes.serve import build_app, main, settings
-from titlegen.serving.engine import ServedModel
+from titlegen.serving.served_model import ServedModel
 from titlegen.serving.server import listen
 
 from .conftest import ARTICLES, ROOT, read_lines, subprocess_env

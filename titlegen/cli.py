@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.arguments import DataArguments, ModelArguments, RunArguments
 from titlegen.backends import DEFAULT_QUANTIZATION, QUANTIZATIONS
-from titlegen.config import DataArguments, ModelArguments, RunArguments, parse_args, settings_from
+from titlegen.config import parse_args, settings_from
 from titlegen.corpus import DATA_ENV, default_download_dir, download
 from titlegen.data import read_jsonl
 from titlegen.engines.ct2 import export_model

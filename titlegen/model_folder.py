@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from titlegen import TitlegenError
-from titlegen.config import DataArguments, read_yaml
+from titlegen.arguments import DataArguments
+from titlegen.config import read_yaml
 
 # The files a model folder's loading reads: what a run that uses the model depends on (see `model_files`).
 MODEL_FILE_PATTERNS = (

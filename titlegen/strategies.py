@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from titlegen import TitlegenError
-from titlegen.config import DecodingArguments, check_range, setting_range
+from titlegen.arguments import DecodingArguments
+from titlegen.config import check_range, setting_range
 from titlegen.data import atomic_write_text
 from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K
 from titlegen.loops import NO_LOOPS

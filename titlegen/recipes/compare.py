@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from titlegen import TitlegenError
+from titlegen.arguments import DecodingArguments, GenerationArguments, RunArguments
 from titlegen.backends import resolve_backend
 from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
-from titlegen.config import DecodingArguments, GenerationArguments, RunArguments, parse_args, settings_from
+from titlegen.config import parse_args, settings_from
 from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
 from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command

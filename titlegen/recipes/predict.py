@@ -18,8 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from titlegen.arguments import DataArguments, DecodingArguments, GenerationArguments
 from titlegen.backends import resolve_backend
-from titlegen.config import DataArguments, DecodingArguments, GenerationArguments, parse_args, settings_from
+from titlegen.config import parse_args, settings_from
 from titlegen.data import read_jsonl
 from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command

@@ -19,15 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from titlegen import TitlegenError
+from titlegen.arguments import DecodingArguments
 from titlegen.backends import resolve_backend
-from titlegen.config import DecodingArguments, parse_args
+from titlegen.config import parse_args
 from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command
 from titlegen.model_folder import trained_settings
 from titlegen.recipes import predict
 from titlegen.serving.app import create_app
-from titlegen.serving.engine import ServedModel
 from titlegen.serving.schema import RequestRules
+from titlegen.serving.served_model import ServedModel
 from titlegen.serving.server import listen
 
 

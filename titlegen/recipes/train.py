@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
 from titlegen.checkpoints import prepare_run_dir
-from titlegen.config import DataArguments, LoraArguments, ModelArguments, RunArguments, parse_args, save_run_config
+from titlegen.config import parse_args, save_run_config
 from titlegen.cpu import configure_process
 from titlegen.data import read_training_data, write_jsonl
 from titlegen.distributed import shut_down, wait_for_everyone

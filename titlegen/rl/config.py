@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from titlegen import TitlegenError
-from titlegen.config import DataArguments, DecodingArguments, LoraArguments, ModelArguments, RunArguments, settings_from
+from titlegen.arguments import DataArguments, DecodingArguments, LoraArguments, ModelArguments, RunArguments
+from titlegen.config import settings_from
 from titlegen.rl.reward import BASELINES
 
 # What titlegen-rl takes of transformers' Seq2SeqTrainingArguments (the same names, types and help texts as in
