@@ -1,6 +1,6 @@
 """The process's set-up: seeds, and the process-wide CPU settings that training and generation run faster with.
 
-Each CPU setting is a switch of `titlegen.config.RunArguments`; bench/README.md measures what each one gains.
+Each CPU setting is a switch of `titlegen.arguments.RunArguments`; bench/README.md measures what each one gains.
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def starting_model(model_args, training_args, texts: Callable[[], Iterable[str]]
     ``model_type`` and ``config_overrides`` with a SentencePiece tokenizer trained on the run's `texts`.
 
     Args:
-        model_args: `titlegen.config.ModelArguments`.
+        model_args: `titlegen.arguments.ModelArguments`.
         training_args: The run's ``Seq2SeqTrainingArguments``: under a launcher, process 0 of each machine trains
             the tokenizer while the others wait, then load it.
         texts: Gives the training text (articles and titles) for a new tokenizer; called only when one is trained.
@@ -186,7 +186,7 @@ def adapt_for_training(model, lora_args, freeze_encoder_weights: bool = False, f
 
     Args:
         model: The starting model.
-        lora_args: `titlegen.config.LoraArguments`.
+        lora_args: `titlegen.arguments.LoraArguments`.
         freeze_encoder_weights: Train only the decoder (`freeze_encoder`).
         freeze_embedding_weights: Keep the token embeddings fixed (`freeze_embeddings`).
 

@@ -130,7 +130,7 @@ def clause_end_arguments(tokenizer) -> dict:
 
 
 def run_tokenize_fn(tokenizer, data_args) -> Callable[[dict], dict]:
-    """`make_tokenize_fn` with a run's `titlegen.config.DataArguments`: its columns, lengths and prefix."""
+    """`make_tokenize_fn` with a run's `titlegen.arguments.DataArguments`: its columns, lengths and prefix."""
     return make_tokenize_fn(
         tokenizer,
         data_args.text_column,

@@ -22,7 +22,8 @@ from titlegen.metrics import build_compute_metrics, get_segmenter
 class TitleTrainer(Seq2SeqTrainer):
     """A ``Seq2SeqTrainer`` that leaves the model's generation config as it was given, and keeps each title
     to its article's tokens when the config says ``article_tokens_only``, without loops when it says ``no_loops``, and
-    its byte pieces in whole characters (as ``generate_titles`` does).
+    its byte pieces in whole characters, decoding in float32 under mixed-precision training (as ``generate_titles``
+    does by default; see `_full_precision`).
 
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
@@ -62,7 +63,8 @@ class TitleTrainer(Seq2SeqTrainer):
             return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
-        if self.args.predict_with_generate and not prediction_loss_only:
+        generating = self.args.predict_with_generate and not prediction_loss_only
+        if generating:
             processors = title_guards(  # self.model: `model` may be wrapped for distributed training
                 self.model,
                 inputs,
@@ -75,7 +77,8 @@ class TitleTrainer(Seq2SeqTrainer):
                 gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
                 gen_kwargs["logits_processor"] = LogitsProcessorList(processors)
         try:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+            with _full_precision(self.model) if generating else contextlib.nullcontext():
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
             # In place: under LoRA, self.model is a PeftModel that reads the base model's config.
             vars(generation_config).update(vars(chosen))
@@ -96,6 +99,29 @@ class TitleTrainer(Seq2SeqTrainer):
         return loss, generated, inputs.get("labels")
 
 
+@contextlib.contextmanager
+def _full_precision(model):
+    """`model` with its own forward for the duration, not the mixed-precision one that accelerate put in its place.
+
+    Under ``bf16`` (or ``fp16``) accelerate's ``prepare_model`` replaces ``model.forward`` with one that runs under
+    autocast, and ``generate`` calls that forward at every decoding step (the encoder it calls directly, in float32):
+    evaluation then decoded in bfloat16 while ``generate_titles`` (titlegen-predict without ``--bf16``) decodes in
+    float32, and where two tokens scored within bfloat16's rounding the two chose differently. Evaluation now
+    decodes as titlegen-predict does by default; the loss of a batch evaluated with generation is computed in
+    float32 too. A model without the replacement (no mixed precision) is left as it is.
+    """
+    original = vars(model).get("_original_forward")  # set by accelerate beside the forward it replaces
+    if original is None or "forward" not in vars(model):
+        yield
+        return
+    mixed = vars(model)["forward"]
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = mixed
+
+
 def title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval_dataset, eval_spans, callbacks=()):
     """The `TitleTrainer` of a training run: titlegen's loss, tw_rouge on each evaluation, and its callbacks.
 
@@ -103,7 +129,7 @@ def title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval
         model: The model to train, its generation config set (`titlegen.generation.title_decoding`).
         tokenizer: Its tokenizer.
         training_args: ``Seq2SeqTrainingArguments``.
-        run_args: `titlegen.config.RunArguments`: the segmenter, early stopping and evaluation backend.
+        run_args: `titlegen.arguments.RunArguments`: the segmenter, early stopping and evaluation backend.
         train_dataset: Tokenized training pairs.
         eval_dataset: Tokenized validation pairs.
         eval_spans: The validation articles' copy-slot spans (None without copy slots), which turn generated

@@ -103,7 +103,7 @@ class TransformersEngine:
 
 
 def start_engine(args):
-    """Seeds and CPU switches (`configure_process`), then the engine that `args` (`titlegen.config.GenerationArguments`)
+    """Seeds and CPU switches (`configure_process`), then the engine that `args` (`titlegen.arguments.GenerationArguments`)
     names: how titlegen-predict, titlegen-compare and titlegen-serve start."""
     configure_process(args.seed)
     return load_engine(

@@ -121,7 +121,7 @@ def served_model(args, trained: dict, defaults: dict):
     """The model a server titles with, started as titlegen-predict starts it (`titlegen.lifecycle.start_engine`).
 
     Args:
-        args: `titlegen.config.GenerationArguments`.
+        args: `titlegen.arguments.GenerationArguments`.
         trained: The model's preprocessing settings (`titlegen.model_folder.trained_settings`).
         defaults: The generate arguments every request starts from: refused here if the engine cannot honour them.
     """
