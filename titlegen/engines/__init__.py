@@ -103,8 +103,9 @@ class TransformersEngine:
 
 
 def start_engine(args):
-    """Seeds and CPU switches (`configure_process`), then the engine that `args` (`titlegen.arguments.GenerationArguments`)
-    names: how titlegen-predict, titlegen-compare and titlegen-serve start."""
+    """Seeds and CPU switches (`configure_process`), then the engine that `args`
+    (`titlegen.arguments.GenerationArguments`) names: how titlegen-predict, titlegen-compare and titlegen-serve start.
+    """
     configure_process(args.seed)
     return load_engine(
         args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
