@@ -28,7 +28,7 @@ ifeq ($(DATA),)
 endif
 export TITLEGEN_DATA := $(DATA)
 
-.PHONY: help install test lint train predict demo bench data
+.PHONY: help install test test-fast lint train predict demo bench data
 
 help:  ## this list (`make` alone prints it too)
 	@awk -F':[^#]*## ' '/^[a-z-]+:[^#]*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -40,6 +40,9 @@ install:  ## into PYTHON's virtual environment, else into .venv (created): torch
 
 test:  ## the whole suite, CPU only (a few minutes)
 	$(PY) -m pytest -q
+
+test-fast:  ## the suite without the tests marked slow (training runs, launchers, browser): under a minute
+	$(PY) -m pytest -q -m "not slow"
 
 lint:  ## ruff: lint and formatting
 	$(PY) -m ruff check .

@@ -259,6 +259,7 @@ def check(run: Run, expected: Error | Handled, data: Path, before: bytes, stderr
         assert run.status == 0, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, entry_point",
     [(case, entry) for case, (_, cells) in FILE_CASES.items() for entry in ALL if cells[entry] is not NOT_APPLICABLE],

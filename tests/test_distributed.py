@@ -23,6 +23,8 @@ LAUNCHERS = {
                           "--config_file", str(ROOT / "trainer_args" / "accelerate" / "ddp_multi_gpu.yaml")],
 }  # fmt: skip
 
+pytestmark = pytest.mark.slow  # real launchers: a process per rank
+
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):

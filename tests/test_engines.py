@@ -84,6 +84,7 @@ def reference(model_dir):
     return TransformersEngine(str(model_dir), threads=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["trained", "random"])
 def test_exported_log_probabilities_are_the_models_loss(trained_dir, model_dir, tmp_path, folder):
     """For the trained model (tied output layer) and the random one (untied), in float32."""
@@ -132,6 +133,7 @@ def test_float32_titles_are_transformers_titles(float32, reference, strategy):
     assert len(set(expected)) > 1, "the titles differ from article to article"
 
 
+@pytest.mark.slow
 def test_length_limits_are_transformers_limits(float32, reference, tokenizer, tmp_path):
     for arguments in ({"max_new_tokens": 3}, {"max_length": 6}):  # the random model's titles run to the limit
         expected = reference.generate_titles(TEXTS, progress=False, **arguments)
@@ -342,6 +344,7 @@ def test_export_refuses_bad_requests(model_dir, exports, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_predict_decodes_an_export_like_the_model_and_resumes(model_dir, exports, tmp_path, monkeypatch):
     flags = ["--input", str(ARTICLES), "--batch_size", "4", "--num_beams", "4"]
     expected = predict(["--model", str(model_dir), "--output", str(tmp_path / "expected.jsonl"), *flags])
@@ -358,6 +361,7 @@ def test_predict_decodes_an_export_like_the_model_and_resumes(model_dir, exports
     assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
     import subprocess
     import sys
@@ -394,6 +398,7 @@ def test_compare_refuses_seeded_sampling_before_any_work_and_runs_a_grid(exports
     assert "CTranslate2, int8 on cpu" in (tmp_path / "out" / "comparison.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_path):
 
     torch.manual_seed(1)
@@ -415,6 +420,7 @@ def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_
     assert titles["adapter"] != TransformersEngine(str(model_dir)).generate_titles(TEXTS, progress=False), "merged"
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkeypatch):
 
     from .conftest import tiny_train_args
@@ -437,6 +443,7 @@ def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkey
     assert same >= len(RECORDS) // 3, "the titles of transformers, but where int8 compute on CPU changes one"
 
 
+@pytest.mark.slow
 def test_export_command(model_dir, tmp_path, capsys):
     import subprocess
     import sys
@@ -455,6 +462,7 @@ def test_export_command(model_dir, tmp_path, capsys):
     assert "already exists; choose another output folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluation_with_ctranslate2_merges_lora_adapters(trained_dir, tmp_path):
 
     from .conftest import tiny_train_args

@@ -108,6 +108,7 @@ def test_titles_equal_titlegen_predicts(trained_dir, tmp_path, client, flags, fi
     assert answer["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_server_flags_set_the_defaults_of_requests_that_name_no_strategy(trained_dir, tmp_path):
     flags = ["--strategy", "top_p", "--top_p", "0.8", "--seed", "3"]
     with running(app_for(trained_dir, *flags)) as client:
@@ -249,6 +250,7 @@ def test_other_errors_are_json_too(client):
     assert (response.status_code, response.json()) == (405, {"error": "Method Not Allowed"})
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_generate_calls_and_each_gets_its_own_titles(trained_dir, tmp_path, calls):
     greedy = predicted(trained_dir, tmp_path, "--strategy", "greedy")
     beam = predicted(trained_dir, tmp_path, "--strategy", "beam")
@@ -291,6 +293,7 @@ def wait_until(condition, seconds: float = 10) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_a_request_that_waits_too_long_gets_503(trained_dir, slow_generate):
     with running(app_for(trained_dir, "--request_timeout", "1")) as client:
         response = client.post("/v1/titles", json={"articles": [ARTICLE]})
@@ -301,6 +304,7 @@ def test_a_request_that_waits_too_long_gets_503(trained_dir, slow_generate):
         assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200, "the server goes on"
 
 
+@pytest.mark.slow
 def test_a_request_beyond_the_queue_limit_gets_503_at_once(trained_dir, slow_generate):
     flags = ["--max_queue", "2", "--max_articles", "2", "--batch_wait_ms", "0"]
     with running(app_for(trained_dir, *flags)) as client, ThreadPoolExecutor(2) as pool:
@@ -317,6 +321,7 @@ def test_a_request_beyond_the_queue_limit_gets_503_at_once(trained_dir, slow_gen
         assert generating.result().status_code == queued.result().status_code == 200
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_requests_in_flight_finish(trained_dir):
     # A 2-second batch wait keeps the request in flight while the server is told to stop.
     argv = ["--model", str(trained_dir), "--port", "0", "--batch_wait_ms", "2000"]
@@ -364,6 +369,7 @@ def test_a_port_in_use_and_bad_settings_are_one_line_errors(trained_dir, capsys)
     assert "command line: max_queue 4 is below max_articles 8" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_help_answers_without_heavy_imports():
     code = "import sys, titlegen.recipes.serve\nassert not {'torch', 'transformers', 'fastapi'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

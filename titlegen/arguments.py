@@ -285,3 +285,10 @@ class DecodingArguments:
     def generate_arguments(self) -> dict[str, Any]:
         """The generate arguments set here (None: not set), without the strategy."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "strategy"}
+
+
+def train_settings() -> tuple[type, ...]:
+    """The settings of titlegen-train, in the order its recipe unpacks them (titlegen-estimate reads the same)."""
+    from transformers import Seq2SeqTrainingArguments  # here, not at the top: `--help` of other commands is faster
+
+    return ModelArguments, LoraArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.arguments import DataArguments, ModelArguments, RunArguments
+from titlegen.arguments import DataArguments, ModelArguments, RunArguments, train_settings
 from titlegen.backends import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from titlegen.config import parse_args, settings_from
 from titlegen.corpus import DATA_ENV, default_download_dir, download
@@ -28,7 +28,6 @@ from titlegen.model_folder import trained_settings
 from titlegen.outputs import check_writable_folder
 from titlegen.plotting import plot_learning_curves, read_log_history
 from titlegen.prune import prune_vocabulary
-from titlegen.recipes.train import settings as train_settings
 from titlegen.showcase import showcase
 from titlegen.tokenizer import train_tokenizer
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
+from titlegen.arguments import train_settings
 from titlegen.checkpoints import prepare_run_dir
 from titlegen.config import parse_args, save_run_config
 from titlegen.cpu import configure_process
@@ -33,6 +33,7 @@ from titlegen.spans import encode_articles, uses_slots
 from titlegen.trainer import title_trainer
 
 logger = logging.getLogger("titlegen.train")
+settings = train_settings  # titlegen-train's settings, in the order `train` unpacks them
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,13 +41,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(train, argv)
     finally:
         shut_down()
-
-
-def settings() -> tuple[type, ...]:
-    """The settings of titlegen-train, in the order `train` unpacks them."""
-    from transformers import Seq2SeqTrainingArguments  # here, not at the top: `--help` answers without transformers
-
-    return ModelArguments, LoraArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments
 
 
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
