@@ -116,11 +116,12 @@ def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: 
     import torch
     from safetensors.torch import save_file
 
-    from titlegen.data import atomic_output_dir, write_json
+    from titlegen.data import atomic_output_dir, follow_umask, write_json
 
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     with atomic_output_dir(final) as tmp:  # the folder appears complete or not at all
         save_file(trainable_state(model), tmp / _RL_WEIGHTS)
+        follow_umask(tmp)
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),

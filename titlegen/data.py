@@ -151,6 +151,17 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(folder: str | Path) -> None:
+    """Gives the safetensors files of a folder the permissions that the umask gives any other file.
+
+    safetensors writes its files private (0600) whatever the umask, unlike every other file of a model folder,
+    so another account could not load a model written into a shared folder.
+    """
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).glob("*.safetensors"):
+        path.chmod(mode)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Writes `text` to `path` as UTF-8 through a temporary file in the same folder and a rename."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -17,7 +17,10 @@ and `run_command` turns every `TitlegenError` raised on the way into one line on
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -57,6 +60,15 @@ def run_command(main: Callable[[Sequence[str] | None], object], argv: Sequence[s
     except TitlegenError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk is no bug: outputs are written atomically and resumably, so the rerun, once there is room,
+        # loses nothing.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{os.strerror(err.errno).lower()}; free some space and run the command again",
+              file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or `titlegen.callbacks.Interrupted` after a checkpoint
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)
         return getattr(err, "exit_status", 130)
@@ -66,27 +78,63 @@ def run_command(main: Callable[[Sequence[str] | None], object], argv: Sequence[s
 # Outputs --------------------------------------------------------------------------------------------------------------
 
 
-def check_output_file(output: str | Path, inputs: Sequence[str | Path] = (), side_files: Sequence[str] = ()) -> None:
-    """Refuses an output file that cannot be written, or whose writing would touch an input.
+def check_output_file(
+    output: str | Path,
+    inputs: Sequence[str | Path] = (),
+    side_files: Sequence[str] = (),
+    model: str | Path | None = None,
+) -> None:
+    """Refuses an output file that cannot be written, or whose writing would touch an input or the model.
 
     Called before any work, so that a bad output path costs nothing. The output's parent folders are
-    not created here.
+    not created here. An output is written through a temporary file and a rename, which would replace a
+    device or a pipe by a regular file: an existing output (or side file) that is not a regular file is
+    refused, not written through.
 
     Args:
         output: The file the command will write.
         inputs: Files the command reads; none may be the output or one of its side files.
         side_files: Suffixes of the files written beside the output (e.g. ``.progress``).
+        model: The model folder the command loads: none of its files (`model_files`) may be written. Other
+            files inside the folder may.
     """
     output = Path(output)
     if output.is_dir():
         raise TitlegenError(f"{output}: is a folder; give the path of the file to write")
     written = [output, *(Path(f"{output}{suffix}") for suffix in side_files)]
+    for target in written:
+        check_not_special(target, output)
     for path in inputs:
         for target in written:
             if Path(path).resolve() == target.resolve():
                 what = "output file" if target == output else f"{target.name} file that the run writes"
                 raise TitlegenError(f"{output}: the {what} is the input file {path}; choose another output path")
+    for path in model_files(model) if model is not None else ():
+        for target in written:
+            if path.resolve() == target.resolve():
+                what = "output file" if target == output else f"{target.name} file that the run writes"
+                raise TitlegenError(
+                    f"{output}: the {what} is {path.name}, a file of the model {model}; choose another output path"
+                )
     check_writable_folder(output.parent, output)
+
+
+def check_not_special(target: Path, output: Path) -> None:
+    """Refuses a path that exists as a folder, device, pipe or socket: an atomic write would replace it.
+
+    A symbolic link is allowed: the rename replaces the link, never what it points to.
+    """
+    try:
+        mode = target.lstat().st_mode
+    except OSError:  # nothing there (or nothing that can be seen): the write finds out
+        return
+    if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+        return
+    what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, pipe or socket)"
+    name = "the output" if target == output else f"{target.name}, which the run writes beside the output,"
+    raise TitlegenError(
+        f"{target}: {name} exists and is {what}, which writing would replace; remove it or choose another output path"
+    )
 
 
 def check_writable_folder(folder: str | Path, for_path: str | Path) -> None:

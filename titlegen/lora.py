@@ -61,7 +61,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> None:
     The folder also gets the adapter folder's tokenizer, generation settings and run_config.yaml, so
     that titlegen-predict treats both alike. It is written atomically, and never over an existing one.
     """
-    from titlegen.data import atomic_output_dir
+    from titlegen.data import atomic_output_dir, follow_umask
     from titlegen.modeling import ADAPTER_CONFIG, load_model, load_tokenizer
 
     adapter_dir = Path(adapter_dir)
@@ -71,6 +71,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> None:
         model = load_model(str(adapter_dir), merge_adapter=True)
         tokenizer = load_tokenizer(str(adapter_dir))
         model.save_pretrained(tmp)
+        follow_umask(tmp)
         tokenizer.save_pretrained(tmp)
         if (adapter_dir / "run_config.yaml").is_file():
             shutil.copyfile(adapter_dir / "run_config.yaml", tmp / "run_config.yaml")

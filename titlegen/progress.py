@@ -58,9 +58,11 @@ class PredictionProgress:
         self.path = Path(f"{output_path}{SUFFIX}")
         self.fingerprint = fingerprint
         self._file = None
+        self._created = False
 
     def __enter__(self) -> PredictionProgress:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._created = not self.path.exists()
         file = open(self.path, "a+b")  # created with the umask's permissions, like any file; never truncated here
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +75,10 @@ class PredictionProgress:
         self._file = file
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
+        # A run that fails before `load` (the model did not load, say) leaves no empty side file of its own behind.
+        if kind is not None and self._created and self._file.tell() == 0 and self.path.stat().st_size == 0:
+            self.path.unlink(missing_ok=True)
         self._file.close()  # releases the lock
         self._file = None
 

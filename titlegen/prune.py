@@ -146,7 +146,7 @@ def prune_vocabulary(model_dir: str, texts: Iterable[str], output_dir: str | Pat
     Returns:
         The sizes: ``vocab_size`` and ``parameters``, each as ``[before, after]``.
     """
-    from titlegen.data import atomic_output_dir, write_json
+    from titlegen.data import atomic_output_dir, follow_umask, write_json
     from titlegen.modeling import count_parameters, load_model, load_tokenizer
 
     with atomic_output_dir(output_dir) as tmp:  # refuses an existing output before any work
@@ -165,6 +165,7 @@ def prune_vocabulary(model_dir: str, texts: Iterable[str], output_dir: str | Pat
         prune_model(model, kept)
         sizes = {"vocab_size": [vocab_size, len(kept)], "parameters": [parameters, count_parameters(model)[1]]}
         model.save_pretrained(tmp)
+        follow_umask(tmp)
         pruned_tokenizer.save_pretrained(tmp)
         if spiece := _sentencepiece_file(tokenizer, model_dir):
             (tmp / "spiece.model").write_bytes(prune_sentencepiece(spiece, kept, tokenizer))

@@ -52,7 +52,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
 
     from titlegen import lifecycle
     from titlegen.checkpoints import load_checkpoint, load_trainable_state, save_checkpoint, trainable_state
-    from titlegen.data import normalize_text, write_json, write_jsonl
+    from titlegen.data import follow_umask, normalize_text, write_json, write_jsonl
     from titlegen.lora import add_lora
     from titlegen.metrics import get_segmenter
     from titlegen.modeling import count_parameters
@@ -150,6 +150,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
             tmp = best_path.with_suffix(".tmp")
             save_file(trainable_state(policy), tmp)
             tmp.replace(best_path)
+            follow_umask(best_path.parent)
 
     def write_progress() -> None:
         write_jsonl(output_dir / "rl_log.jsonl", state["history"])
@@ -195,6 +196,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     if lora_args.use_lora:
         policy = policy.merge_and_unload()
     policy.save_pretrained(output_dir)
+    follow_umask(output_dir)
     tokenizer.save_pretrained(output_dir)
     evals = [h for h in state["history"] if "eval_rouge-l" in h]
     results = {
