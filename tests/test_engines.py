@@ -368,6 +368,27 @@ def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
     assert read_lines(out) == expected
 
 
+def test_run_sh_decodes_an_export_of_a_guarded_model_without_its_guard(trained_dir, tmp_path):
+    """The offline model decodes with the loop guard (no_loops), which CTranslate2 cannot apply: README's command
+    decodes its export without it, with a warning, as transformers does with ``--no_loops false``."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, subprocess_env
+
+    export = tmp_path / "export"
+    export_model(trained_dir, export, quantization="float32")
+    env = {**subprocess_env(), "TITLEGEN_MODEL": str(export), "PYTHON": sys.executable}
+    out = tmp_path / "submission.jsonl"
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), str(ARTICLES), str(out)], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "decoding without the loop guard (no_loops)" in result.stderr
+    unguarded = predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "t.jsonl"),
+                         "--no_loops", "false"])  # fmt: skip
+    assert read_lines(out) == unguarded
+
+
 def test_predict_refuses_seeded_sampling_before_writing_anything(exports, tmp_path):
     out = tmp_path / "out.jsonl"
     with pytest.raises(TitlegenError, match="cannot seed sampling per article"):

@@ -398,10 +398,13 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
     export = tmp_path / "export"
     export_model(trained_dir, export, quantization="float32")
     expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1")
-    # The model decodes with the loop guard, which CTranslate2 cannot honour: the server refuses to start with it.
+    # The model decodes with the loop guard, which CTranslate2 cannot honour: the export is served without it, and a
+    # server or request that asks for it is refused.
     with pytest.raises(TitlegenError, match="the ct2 backend cannot honour no_loops"):
-        app_for(export, "--threads", "1")
-    with running(app_for(export, "--threads", "1", "--no_loops", "false")) as client:
+        app_for(export, "--threads", "1", "--no_loops", "true")
+    with running(app_for(export, "--threads", "1")) as client:
+        asks = client.post("/v1/titles", json={**BODY, "no_loops": True})
+        assert asks.status_code == 400 and "cannot honour no_loops" in asks.json()["error"], asks.text
         health = client.get("/healthz").json()
         assert health["model"]["backend"] == "ct2" and health["model"]["parameters"] is None
         response = client.post("/v1/titles", json={**BODY, "strategy": "beam", "num_beams": 3})

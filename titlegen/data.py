@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def check_record(
         value = record[name]
         if not isinstance(value, str):
             raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
-        if not value.strip() and name not in may_be_empty:
+        if is_blank(value) and name not in may_be_empty:
             raise DataError(f"{where}: field '{name}' is empty")
         surrogate = _unpaired_surrogate(value)
         if surrogate is not None:
@@ -142,6 +143,12 @@ def _unpaired_surrogate(text: str) -> str | None:
     except UnicodeEncodeError as err:
         return text[err.start]
     return None
+
+
+def is_blank(text: str) -> bool:
+    """Whether a text shows nothing: only whitespace and invisible format characters (Unicode's category Cf:
+    zero-width spaces and joiners, byte-order marks), which a model would title with an invisible title."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
 
 
 def _umask() -> int:

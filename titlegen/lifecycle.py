@@ -17,13 +17,15 @@ and `run_command` turns every `TitlegenError` raised on the way into one line on
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,6 +174,8 @@ def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool 
     check_output_folder(output_dir, "the run")
     if not output_dir.is_dir():
         return None
+    if is_main_process:  # before anything in it is looked at, or removed
+        lock_run_dir(output_dir)
     if resume:
         last = last_complete_checkpoint(output_dir)
         if is_main_process:
@@ -186,6 +190,43 @@ def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool 
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"
         )
     return None
+
+
+# The output_dirs this process holds a lock on, each with the open folder that holds it.
+_RUN_DIR_LOCKS: dict[Path, int] = {}
+
+
+def lock_run_dir(output_dir: str | Path) -> None:
+    """Takes an exclusive lock on a training run's output_dir (created if need be), held until `run_dir_locks`
+    ends, so that two runs (a resumed one, say) never write one folder together; the second is refused.
+
+    The lock is on the folder itself (flock), so that no lock file is left behind; taking it again is a no-op.
+    Only the main process of a distributed run takes it.
+    """
+    path = Path(output_dir).resolve()
+    if path in _RUN_DIR_LOCKS:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TitlegenError(
+            f"{output_dir}: another run is writing to this output_dir; wait for it to finish, or choose another "
+            "--output_dir"
+        ) from None
+    _RUN_DIR_LOCKS[path] = fd
+
+
+@contextlib.contextmanager
+def run_dir_locks() -> Iterator[None]:
+    """The scope of a training command: the output_dir locks it takes (`lock_run_dir`) are released at its end."""
+    try:
+        yield
+    finally:
+        while _RUN_DIR_LOCKS:
+            os.close(_RUN_DIR_LOCKS.popitem()[1])
 
 
 def save_run_config(output_dir: str | Path, command: str, *settings) -> None:

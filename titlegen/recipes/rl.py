@@ -30,6 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def rl(argv: Sequence[str] | None = None) -> dict:
+    """Runs the recipe."""
+    from titlegen.lifecycle import run_dir_locks
+
+    with run_dir_locks():  # no other run writes output_dir while this one does
+        return _rl(argv)
+
+
+def _rl(argv: Sequence[str] | None) -> dict:
     from titlegen.config import parse_args, trained_settings
     from titlegen.rl.config import check_settings, settings
 
@@ -78,6 +86,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     text, summary = data_args.text_column, data_args.summary_column
     start = lifecycle.load_model_folder(model_args.model_name_or_path)
     tokenizer, policy = start.tokenizer, start.model
+    lifecycle.lock_run_dir(output_dir)
     lifecycle.save_run_config(
         output_dir, "titlegen-rl", args, sampling, model_args, lora_args, data_args, run_args, training_args
     )

@@ -40,6 +40,13 @@ def settings() -> tuple[type, ...]:
 
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
+    from titlegen.lifecycle import run_dir_locks
+
+    with run_dir_locks():  # no other run writes output_dir while this one does
+        return _train(argv, callbacks)
+
+
+def _train(argv: Sequence[str] | None, callbacks: Sequence) -> dict:
     from titlegen.config import parse_args
 
     model_args, lora_args, data_args, run_args, training_args = parse_args(settings(), argv, description=__doc__)
@@ -141,6 +148,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
 
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
+        lifecycle.lock_run_dir(output_dir)
         lifecycle.save_run_config(
             output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args
         )
