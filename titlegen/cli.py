@@ -13,7 +13,7 @@ from pathlib import Path
 
 from titlegen import TitlegenError
 from titlegen.engines import DEFAULT_QUANTIZATION, QUANTIZATIONS
-from titlegen.lifecycle import run_command
+from titlegen.lifecycle import check_output_file, run_command
 
 
 def _evaluate(argv: Sequence[str] | None) -> dict:
@@ -204,6 +204,7 @@ def _plot(argv: Sequence[str] | None) -> None:
     from titlegen.plotting import plot_learning_curves, read_log_history
 
     output = args.output or str(Path(args.run_dir) / "learning_curves.png")
+    check_output_file(output)
     plot_learning_curves(read_log_history(args.run_dir), output, title=str(args.run_dir))
     print(f"wrote {output}")
 

@@ -133,9 +133,13 @@ def check_not_special(target: Path, output: Path) -> None:
     if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
         return
     what = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, pipe or socket)"
-    name = "the output" if target == output else f"{target.name}, which the run writes beside the output,"
+    if target == output:
+        raise TitlegenError(
+            f"{target}: the output exists and is {what}, which writing it would replace; choose another output path"
+        )
     raise TitlegenError(
-        f"{target}: {name} exists and is {what}, which writing would replace; remove it or choose another output path"
+        f"{target}: exists and is {what}, where the run writes its {target.name.removeprefix(output.name)} file; "
+        "remove it or choose another output path"
     )
 
 

@@ -125,8 +125,11 @@ class PredictionProgress:
 
     def append(self, records: Iterable[dict]) -> None:
         """Adds finished ``{"title", "id"}`` records and forces them to disk."""
-        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-        self._sync()
+        try:
+            self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+            self._sync()
+        except OSError as err:  # a full disk, say: the message names the file, which a write error does not
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def finish(self, output_path: str | Path, records: Iterable[dict]) -> None:
         """Writes the whole output atomically, then deletes the side file."""

@@ -17,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+# The files a comparison writes in its output_dir, beside predictions/<setting>.jsonl.
+OUTPUT_FILES = ("grid.yaml", "comparison.md", "comparison.csv", "comparison.png")
+
 
 @dataclass
 class CompareArguments:
@@ -64,7 +67,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     from titlegen.config import trained_settings
     from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
     from titlegen.engines import resolve_backend
-    from titlegen.lifecycle import check_output_folder, start_engine
+    from titlegen.lifecycle import check_not_special, check_output_folder, start_engine
     from titlegen.metrics import get_segmenter
     from titlegen.plotting import plot_comparison
     from titlegen.strategies import (
@@ -80,6 +83,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     check_metric(compare_args.metric)
     output_dir = Path(compare_args.output_dir)
     check_output_folder(output_dir, "the comparison")
+    for name in OUTPUT_FILES:
+        check_not_special(output_dir / name, output_dir / name)
     segmenter = get_segmenter(scoring.segmenter)
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     trained = trained_settings(args.model_name_or_path)
