@@ -116,20 +116,20 @@ class PredictionProgress:
     def _rewrite(self, data: bytes) -> None:
         # In place, not through a rename: the lock belongs to this file.
         self._file.truncate(0)
-        self._file.write(data)
-        self._sync()
+        self._write(data)
 
-    def _sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    def _write(self, data: bytes) -> None:
+        """Appends `data` and forces it to disk."""
+        try:
+            self._file.write(data)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:  # a full disk, say: the message names the file, which a write error does not
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def append(self, records: Iterable[dict]) -> None:
         """Adds finished ``{"title", "id"}`` records and forces them to disk."""
-        try:
-            self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-            self._sync()
-        except OSError as err:  # a full disk, say: the message names the file, which a write error does not
-            raise OSError(err.errno, err.strerror, str(self.path)) from err
+        self._write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
 
     def finish(self, output_path: str | Path, records: Iterable[dict]) -> None:
         """Writes the whole output atomically, then deletes the side file."""
