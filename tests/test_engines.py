@@ -317,6 +317,20 @@ def test_non_finite_scores_reload_the_model_in_float32(exports, float32, caplog)
         engine.generate_titles(TEXTS, progress=False)
 
 
+def test_titles_longer_than_a_models_absolute_positions_are_refused(reference, tokenizer):
+    assert reference.check_decoding(max_new_tokens=1024) is None  # mT5's positions are relative: no bound of its own
+    bart = TransformersEngine.__new__(TransformersEngine)
+    bart.model = build_model(
+        "bart",
+        tokenizer,
+        "d_model=16,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,"
+        "decoder_attention_heads=2,encoder_ffn_dim=32,decoder_ffn_dim=32,max_position_embeddings=16",
+    )
+    bart.check_decoding(max_new_tokens=16)
+    with pytest.raises(TitlegenError, match=r"max_new_tokens 17 is more than the model's 16 positions"):
+        bart.check_decoding(max_new_tokens=17)
+
+
 def test_backend_follows_the_folder(model_dir, exports):
     assert resolve_backend(str(exports["int8"])) == "ct2" and resolve_backend(str(model_dir)) == "transformers"
     with pytest.raises(TitlegenError, match="not a CTranslate2 export .*titlegen-export"):

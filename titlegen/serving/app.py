@@ -97,8 +97,8 @@ def create_app(
             "limits": {
                 "max_articles": rules.max_articles,
                 "max_article_chars": rules.max_article_chars,
-                "max_num_beams": rules.max_num_beams,
-                "max_new_tokens": rules.max_new_tokens,
+                "request_max_num_beams": rules.request_max_num_beams,
+                "request_max_new_tokens": rules.request_max_new_tokens,
                 "batch_size": batch_size,
                 "max_queue": max_queue,
                 "timeout": timeout,
@@ -119,7 +119,9 @@ def create_app(
             raise RequestError(f"request: {err}") from None
         try:
             generated = await batcher.titles(checked.articles, checked.settings)
-        except (Busy, DeadlinePassed):
+        except Busy:
+            raise
+        except DeadlinePassed:  # the generate call stopped at the timeout of its requests, this one's included
             raise Busy(f"no titles within {timeout:g} s") from None
         except Exception as err:  # a fault of the server (out of memory, a bug), not of the request
             logger.exception("generating titles for %s articles failed", len(checked.articles))
