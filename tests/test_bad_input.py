@@ -24,7 +24,7 @@ from unittest import mock
 
 import pytest
 
-from titlegen.cli import evaluate_main
+from titlegen.cli import evaluate_main, export_main, prune_vocab_main
 from titlegen.recipes.compare import main as compare_main
 from titlegen.recipes.predict import main as predict_main
 from titlegen.recipes.rl import main as rl_main
@@ -893,3 +893,18 @@ def test_model_weights_follow_the_umask(trained_dir, tmp_path):
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "pruned" / "model.safetensors").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("command", ["export", "prune"])
+def test_export_and_prune_refuse_a_device_or_fifo_as_output_before_any_work(command, kind, trained_dir, tmp_path,
+                                                                           capsys):  # fmt: skip
+    output = special_file(tmp_path, kind)
+    before = snapshot(tmp_path)
+    if command == "export":
+        status = export_main([str(trained_dir), "-o", str(output)])
+    else:
+        status = prune_vocab_main([str(trained_dir), "--corpus", str(ARTICLES), "-o", str(output)])
+    stderr = capsys.readouterr().err
+    assert status == 2 and stderr == f"error: {output} already exists; choose another output folder\n", stderr
+    assert snapshot(tmp_path) == before and stat.S_ISFIFO(output.lstat().st_mode) == (kind == "fifo")

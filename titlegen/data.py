@@ -221,10 +221,11 @@ def split_records(records: list[dict], percentage: float, seed: int) -> tuple[li
 def atomic_output_dir(path: str | Path) -> Iterator[Path]:
     """Yields a temporary folder that becomes `path` when the block succeeds, and vanishes when it fails.
 
-    An existing file or non-empty folder at `path` is refused, so a finished output is never overwritten.
+    An existing file (a device or pipe included) or non-empty folder at `path` is refused, so a finished output is
+    never overwritten, and before any work.
     """
     path = Path(path)
-    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+    if (path.exists() and not path.is_dir()) or (path.is_dir() and any(path.iterdir())):
         raise TitlegenError(f"{path} already exists; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
