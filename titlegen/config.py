@@ -34,6 +34,8 @@ from titlegen.engines import BACKENDS
 MAX_NEW_TOKENS = 1024
 MAX_NUM_BEAMS = 64
 MAX_SOURCE_LENGTH = 8192
+# More threads than any machine has cores only adds switching between them.
+MAX_THREADS = 1024
 # What every random generator accepts as a seed (numpy's: an unsigned 32-bit integer).
 MAX_SEED = 2**32 - 1
 
@@ -276,7 +278,8 @@ class GenerationArguments:
         metadata={"help": "ct2 backend: CTranslate2's compute type (default: the export's weight type on CPU)."},
     )
     threads: int | None = field(
-        default=None, metadata={"help": "CPU threads for the model (default: the library's choice).", "min": 1}
+        default=None,
+        metadata={"help": "CPU threads for the model (default: the library's choice).", "min": 1, "max": MAX_THREADS},
     )
 
 
