@@ -324,6 +324,20 @@ def test_non_finite_scores_reload_the_model_in_float32(exports, float32, caplog)
         engine.generate_titles(TEXTS, progress=False)
 
 
+def test_titles_longer_than_a_models_absolute_positions_are_refused(reference, tokenizer):
+    assert reference.check_decoding(max_new_tokens=1024) is None  # mT5's positions are relative: no bound of its own
+    bart = TransformersEngine.__new__(TransformersEngine)
+    bart.model = build_model(
+        "bart",
+        tokenizer,
+        "d_model=16,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,"
+        "decoder_attention_heads=2,encoder_ffn_dim=32,decoder_ffn_dim=32,max_position_embeddings=16",
+    )
+    bart.check_decoding(max_new_tokens=16)
+    with pytest.raises(TitlegenError, match=r"max_new_tokens 17 is more than the model's 16 positions"):
+        bart.check_decoding(max_new_tokens=17)
+
+
 def test_backend_follows_the_folder(model_dir, exports):
     assert resolve_backend(str(exports["int8"])) == "ct2" and resolve_backend(str(model_dir)) == "transformers"
     with pytest.raises(TitlegenError, match="not a CTranslate2 export .*titlegen-export"):
@@ -375,6 +389,27 @@ def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
     assert result.returncode == 0, result.stderr
     expected = predict(["--model", str(model_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "t.jsonl")])
     assert read_lines(out) == expected
+
+
+def test_run_sh_decodes_an_export_of_a_guarded_model_without_its_guard(trained_dir, tmp_path):
+    """The offline model decodes with the loop guard (no_loops), which CTranslate2 cannot apply: README's command
+    decodes its export without it, with a warning, as transformers does with ``--no_loops false``."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, subprocess_env
+
+    export = tmp_path / "export"
+    export_model(trained_dir, export, quantization="float32")
+    env = {**subprocess_env(), "TITLEGEN_MODEL": str(export), "PYTHON": sys.executable}
+    out = tmp_path / "submission.jsonl"
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), str(ARTICLES), str(out)], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "decoding without the loop guard (no_loops)" in result.stderr
+    unguarded = predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "t.jsonl"),
+                         "--no_loops", "false"])  # fmt: skip
+    assert read_lines(out) == unguarded
 
 
 def test_predict_refuses_seeded_sampling_before_writing_anything(exports, tmp_path):

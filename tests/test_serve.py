@@ -220,6 +220,46 @@ BAD_REQUESTS = {
         400,
         "request: temperature must be greater than 0, got 0",
     ),
+    "NaN temperature": (
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "strategy": "temperature", "temperature": NaN}',
+        400,
+        "request: temperature must be a finite number, got nan",
+    ),
+    "infinite temperature": (
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "strategy": "temperature", "temperature": 1e309}',
+        400,
+        "request: temperature must be a finite number, got inf",
+    ),
+    "NaN top_p": (
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "strategy": "top_p", "top_p": NaN}',
+        400,
+        "request: top_p must be a finite number, got nan",
+    ),
+    "JSON nested 50,000 deep": (  # within the body limit of this server
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "seed": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        400,
+        "request body: JSON nested too deeply",
+    ),
+    "ten thousand beams": (
+        {"articles": [ARTICLE], "num_beams": 10_000},
+        400,
+        "request: num_beams must be at most 64, got 10000",
+    ),
+    "beams beyond the server's limit": (
+        {"articles": [ARTICLE], "num_beams": 9},
+        400,
+        "request: num_beams 9 is more than the server's limit of 8 (request_max_num_beams)",
+    ),
+    "a billion new tokens": (
+        {"articles": [ARTICLE], "max_new_tokens": 1_000_000_000},
+        400,
+        "request: max_new_tokens must be at most 1024, got 1000000000",
+    ),
+    "titles beyond the server's limit": (
+        {"articles": [ARTICLE], "max_new_tokens": 129},
+        400,
+        "request: max_new_tokens 129 is more than the server's limit of 128 (request_max_new_tokens)",
+    ),
 }
 
 
@@ -367,6 +407,16 @@ def test_a_port_in_use_and_bad_settings_are_one_line_errors(trained_dir, capsys)
     assert "unknown strategy 'nucleus'" in capsys.readouterr().err
     assert main(["--model", str(trained_dir), "--port", "0", "--max_queue", "4", "--max_articles", "8"]) == 2
     assert "command line: max_queue 4 is below max_articles 8" in capsys.readouterr().err
+    # 99999 is no port (a socket would listen on 99999 mod 65536): refused, not wrapped.
+    assert main(["--model", str(trained_dir), "--port", "99999"]) == 2
+    assert capsys.readouterr().err == "error: command line: port must be at most 65535, got 99999\n"
+    # The server's own decoding must keep within the limits it sets its requests.
+    assert main(["--model", str(trained_dir), "--port", "0", "--num_beams", "12"]) == 2
+    assert capsys.readouterr().err == (
+        "error: command line: num_beams 12 is more than the server's limit of 8 (request_max_num_beams)\n"
+    )
+    assert main(["--model", str(trained_dir), "--port", "0", "--temperature", "nan"]) == 2
+    assert capsys.readouterr().err == "error: command line: temperature must be a finite number, got nan\n"
 
 
 @pytest.mark.slow
@@ -403,10 +453,13 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
     export = tmp_path / "export"
     export_model(trained_dir, export, quantization="float32")
     expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1")
-    # The model decodes with the loop guard, which CTranslate2 cannot honour: the server refuses to start with it.
+    # The model decodes with the loop guard, which CTranslate2 cannot honour: the export is served without it, and a
+    # server or request that asks for it is refused.
     with pytest.raises(TitlegenError, match="the ct2 backend cannot honour no_loops"):
-        app_for(export, "--threads", "1")
-    with running(app_for(export, "--threads", "1", "--no_loops", "false")) as client:
+        app_for(export, "--threads", "1", "--no_loops", "true")
+    with running(app_for(export, "--threads", "1")) as client:
+        asks = client.post("/v1/titles", json={**BODY, "no_loops": True})
+        assert asks.status_code == 400 and "cannot honour no_loops" in asks.json()["error"], asks.text
         health = client.get("/healthz").json()
         assert health["model"]["backend"] == "ct2" and health["model"]["parameters"] is None
         response = client.post("/v1/titles", json={**BODY, "strategy": "beam", "num_beams": 3})
@@ -415,3 +468,35 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
         # CTranslate2 cannot sample with a per-article seed: the request is refused, not answered differently.
         refused = client.post("/v1/titles", json={**BODY, "strategy": "top_k"})
         assert refused.status_code == 400 and refused.json()["error"].startswith("request: "), refused.text
+
+
+def test_a_request_at_the_limits_holds_the_server_no_longer_than_its_timeout(trained_dir, monkeypatch):
+    """A bounded load test: a request of the most articles, beams and tokens the server allows, with every decoding
+    step made slow, gets its 503 at the timeout, and the generate call it started stops then too."""
+    import torch
+
+    forward = torch.nn.Module.__call__
+    slow_steps = []
+
+    def slow(module, *args, **kwargs):
+        if type(module).__name__.endswith("ForConditionalGeneration") and kwargs.get("decoder_input_ids") is not None:
+            slow_steps.append(time.monotonic())
+            time.sleep(0.2)  # each decoding step; without a deadline, 32 tokens would take over 6 s
+        return forward(module, *args, **kwargs)
+
+    flags = ["--request_timeout", "1", "--max_articles", "4", "--request_max_num_beams", "4",
+             "--request_max_new_tokens", "32", "--batch_wait_ms", "0"]  # fmt: skip
+    at_the_limits = {"articles": [{"id": r["id"], "maintext": r["maintext"]} for r in RECORDS[:4]],
+                     "strategy": "beam", "num_beams": 4, "max_new_tokens": 32}  # fmt: skip
+    with running(app_for(trained_dir, *flags)) as client:
+        monkeypatch.setattr(torch.nn.Module, "__call__", slow)
+        start = time.monotonic()
+        response = client.post("/v1/titles", json=at_the_limits)
+        assert response.status_code == 503 and response.json() == {"error": "server busy: no titles within 1 s; retry "
+                                                                            "later"}  # fmt: skip
+        wait_until(lambda: client.get("/healthz").json()["generating"] == 0)
+        held = time.monotonic() - start
+        assert held < 1 + 0.2 * 3, f"the generate call held the server for {held:.1f} s"
+        assert slow_steps and slow_steps[-1] - start < 1 + 0.2 * 2
+        monkeypatch.setattr(torch.nn.Module, "__call__", forward)
+        assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200, "the server goes on"

@@ -25,7 +25,7 @@ from titlegen.lora import merge_adapter
 from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
 from titlegen.metrics import get_segmenter, tw_rouge
 from titlegen.model_folder import trained_settings
-from titlegen.outputs import check_writable_folder
+from titlegen.outputs import check_output_file, check_writable_folder
 from titlegen.plotting import plot_learning_curves, read_log_history
 from titlegen.prune import prune_vocabulary
 from titlegen.showcase import showcase
@@ -207,6 +207,7 @@ def _plot(argv: Sequence[str] | None) -> None:
     )
 
     output = args.output or str(Path(args.run_dir) / "learning_curves.png")
+    check_output_file(output)
     plot_learning_curves(read_log_history(args.run_dir), output, title=str(args.run_dir))
     print(f"wrote {output}")
 

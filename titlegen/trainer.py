@@ -12,6 +12,7 @@ from transformers import LogitsProcessorList, Seq2SeqTrainer
 from titlegen import TitlegenError
 from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
 from titlegen.characters import byte_piece_ids
+from titlegen.data import follow_umask
 from titlegen.engines.ct2 import padded, training_engine
 from titlegen.generation import is_article_tokens_only, title_guards
 from titlegen.loops import is_no_loops
@@ -36,6 +37,11 @@ class TitleTrainer(Seq2SeqTrainer):
         self._engine = None  # the CTranslate2 engine of the evaluation under way
         tokenizer = self.processing_class
         self._byte_ids = byte_piece_ids(tokenizer) if tokenizer is not None else {}  # for the whole-character guard
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Saves the model as transformers does, with the weights readable as the umask says (`follow_umask`)."""
+        super()._save(output_dir, state_dict)
+        follow_umask(output_dir if output_dir is not None else self.args.output_dir)
 
     def evaluate(self, *args, **kwargs):
         with self._ct2_engine():

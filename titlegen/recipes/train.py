@@ -17,7 +17,7 @@ from pathlib import Path
 
 from titlegen import TitlegenError
 from titlegen.arguments import train_settings
-from titlegen.checkpoints import prepare_run_dir
+from titlegen.checkpoints import lock_run_dir, prepare_run_dir, releases_run_dir_locks
 from titlegen.config import parse_args, save_run_config
 from titlegen.cpu import configure_process
 from titlegen.data import read_training_data, write_jsonl
@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shut_down()
 
 
+@releases_run_dir_locks
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
     model_args, lora_args, data_args, run_args, training_args = parse_args(settings(), argv, description=__doc__)
@@ -83,6 +84,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                             callbacks)  # fmt: skip
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
+        lock_run_dir(output_dir)  # no other run writes output_dir while this one does
         save_run_config(output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args)
 
     # Train, then save the model, its decoding settings, the state and the learning curves.
