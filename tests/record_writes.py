@@ -25,8 +25,14 @@ def recorded(function, path_argument: int):
     return wrapper
 
 
-titlegen.data.atomic_write_text = recorded(titlegen.data.atomic_write_text, 0)
-titlegen.tokenizer.train_tokenizer = recorded(titlegen.tokenizer.train_tokenizer, 1)
+# Each function is replaced wherever a module of the package imported it.
+for name, function, path_argument in (
+    ("atomic_write_text", titlegen.data.atomic_write_text, 0),
+    ("train_tokenizer", titlegen.tokenizer.train_tokenizer, 1),
+):
+    for module in [m for n, m in sys.modules.items() if n.startswith("titlegen")]:
+        if getattr(module, name, None) is function:
+            setattr(module, name, recorded(function, path_argument))
 transformers.PreTrainedModel.save_pretrained = recorded(transformers.PreTrainedModel.save_pretrained, 1)
 transformers.TrainerState.save_to_json = recorded(transformers.TrainerState.save_to_json, 1)
 

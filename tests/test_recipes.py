@@ -131,7 +131,7 @@ def test_training_refuses_to_overwrite_a_run_and_resumes_on_request(trained_dir,
 
 @pytest.mark.slow
 def test_lead_pairs_add_one_article_opening_target_per_article(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="titlegen.train")
+    caplog.set_level(logging.INFO, logger="titlegen")
     run = tmp_path / "leads"
     train(tiny_train_args(run, "--num_train_epochs", "1", "--lead_pairs", "1.0", *NO_EVAL))
     assert "training on 12 pairs and 12 article-lead pairs" in caplog.text
@@ -173,7 +173,7 @@ def test_help_answers(module):
 @pytest.mark.slow
 @pytest.mark.parametrize("freeze_embeddings", [False, True], ids=["decoder-only", "decoder-only-frozen-embeddings"])
 def test_decoder_only_training_leaves_frozen_parameters_unchanged(trained_dir, tmp_path, caplog, freeze_embeddings):
-    caplog.set_level(logging.INFO, logger="titlegen.train")
+    caplog.set_level(logging.INFO, logger="titlegen")
     flags = ["--freeze_encoder", "true", "--freeze_embeddings", str(freeze_embeddings).lower()]
     train(tiny_train_args(tmp_path, "--model_name_or_path", str(trained_dir), "--num_train_epochs", "1", *flags))
     before, after = load_file(trained_dir / "model.safetensors"), load_file(tmp_path / "model.safetensors")

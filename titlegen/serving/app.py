@@ -5,16 +5,12 @@ JSON and bad fields or values, 413 for too large a request, 503 when the server 
 full queue or a timeout; ``Retry-After`` says when to try again). Bad input never gives a 500.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: fastapi reads the handlers' annotations (``request: Request``) as
+# objects, and fastapi itself is imported inside `create_app`, so that titlegen-serve --help does not load it.
 import contextlib
 import logging
 import time
 from importlib import resources
-
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.exceptions import HTTPException
 
 from titlegen import TitlegenError
 from titlegen.serving.batching import Batcher, Busy
@@ -34,7 +30,7 @@ def create_app(
     batch_wait: float = 0.005,
     max_queue: int = 256,
     timeout: float = 60.0,
-) -> FastAPI:
+) -> "FastAPI":  # noqa: F821 (imported below)
     """The application serving `engine`.
 
     Args:
@@ -46,6 +42,9 @@ def create_app(
         timeout: Seconds a request may wait for its titles before it gets a 503; a generate call stops once
             none of its requests waits any more, so that no request holds the server for longer.
     """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
 
     def generate(articles, settings, deadline: float) -> list[str]:
         seed, decoding = settings
@@ -138,8 +137,9 @@ def create_app(
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused with a 413 as soon as it is known to exceed `limit` bytes."""
+async def _read_body(request, limit: int) -> bytes:
+    """The request's body (of a starlette ``Request``), refused with a 413 as soon as it is known to exceed `limit`
+    bytes."""
     too_large = RequestError(f"request body: more than {limit} bytes (max_articles x max_article_chars)", 413)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
