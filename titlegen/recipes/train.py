@@ -98,9 +98,12 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         elif checkpoint and tokenizer_dir.is_dir():  # the tokenizer the interrupted run trained
             tokenizer = load_tokenizer(str(tokenizer_dir))
         else:
-            # Under a launcher, process 0 of each machine trains it; the others wait, then load it.
-            with training_args.main_process_first(desc="training the tokenizer"):
-                if training_args.local_process_index > 0:
+            # Under a launcher, the process that saves trains it and the others wait, then load it: process 0
+            # alone when output_dir is shared by the machines (the default), process 0 of each machine with
+            # save_on_each_node, as transformers saves checkpoints. Two machines writing one shared folder at
+            # once would race.
+            with training_args.main_process_first(local=training_args.save_on_each_node, desc="training the tokenizer"):
+                if not training_args.should_save:
                     tokenizer = load_tokenizer(str(tokenizer_dir))
                 else:
                     logger.info(
