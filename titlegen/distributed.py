@@ -6,6 +6,8 @@ here is a no-op.
 
 from __future__ import annotations
 
+import os
+
 
 def _world_size() -> int:
     import torch.distributed as dist
@@ -52,3 +54,17 @@ def shut_down() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def fsdp_version(training_args) -> int | None:
+    """The FSDP version a run asks for (1 or 2), or None without FSDP.
+
+    FSDP comes from an accelerate config of ``distributed_type: FSDP`` (``accelerate launch`` passes it on as
+    ACCELERATE_USE_FSDP and FSDP_VERSION, version 1 when the config names none), or from ``--fsdp`` in the
+    training settings (transformers' default: version 2).
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    if training_args.fsdp:
+        return int((training_args.fsdp_config or {}).get("version", 2))
+    return None

@@ -196,6 +196,28 @@ def untie_output_layer(model) -> None:
     model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
+def share_embedding_module(model) -> bool:
+    """Makes a T5-family model's encoder and decoder look tokens up in its ``shared`` module itself.
+
+    transformers 5 gives ``encoder.embed_tokens`` and ``decoder.embed_tokens`` modules of their own, tied to
+    ``shared.weight``. FSDP2 (torch 2.13) refuses a parameter held by two FSDP groups, and accelerate puts
+    ``shared`` (with ``lm_head`` when tied) in a group of its own while the two look-up modules stay in the root
+    group: "Parameter 'shared.weight' is shared with a parameter already managed by another FSDP group". One
+    module in three places is one parameter in one group. Forward, state dict and saved files stay the same.
+
+    Returns:
+        Whether the model had such tied look-ups (False, and nothing changed, for any other model).
+    """
+    shared = getattr(model, "shared", None)
+    stacks = [getattr(model, name, None) for name in ("encoder", "decoder")]
+    stacks = [s for s in stacks if s is not None and hasattr(s, "embed_tokens")]
+    if shared is None or not stacks or any(s.embed_tokens.weight is not shared.weight for s in stacks):
+        return False
+    for stack in stacks:
+        stack.embed_tokens = shared
+    return True
+
+
 def count_parameters(model) -> tuple[int, int]:
     """Returns (trainable, total) parameter counts; tied weights count once."""
     seen: dict[int, object] = {}

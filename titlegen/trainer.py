@@ -52,6 +52,11 @@ class TitleTrainer(Seq2SeqTrainer):
             finally:
                 self._engine = None
 
+    def _save(self, output_dir=None, state_dict=None):
+        if state_dict is not None and self.is_fsdp_enabled:
+            state_dict = without_tied_copies(self.accelerator.unwrap_model(self.model), state_dict)
+        return super()._save(output_dir, state_dict)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if self._engine is not None and not prediction_loss_only:
             return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
@@ -91,3 +96,19 @@ class TitleTrainer(Seq2SeqTrainer):
         titles = padded(self._engine.generate_ids(articles, options, restrict), self.processing_class.pad_token_id)
         generated = torch.tensor(titles, dtype=torch.long, device=inputs["input_ids"].device)
         return loss, generated, inputs.get("labels")
+
+
+def without_tied_copies(model, state_dict: dict) -> dict:
+    """`state_dict` without the copies of tied weights (``lm_head`` and the look-ups tied to ``shared``).
+
+    FSDP's full state dict gathers each name into a tensor of its own, so ``save_pretrained``, which finds tied
+    weights by their shared storage, would write mT5's embedding four times. ``from_pretrained`` ties them back.
+    """
+    import torch
+
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {
+        name: tensor
+        for name, tensor in state_dict.items()
+        if not (tied.get(name) in state_dict and torch.equal(tensor, state_dict[tied[name]]))
+    }

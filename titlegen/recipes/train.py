@@ -20,11 +20,16 @@ logger = logging.getLogger("titlegen.train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.distributed import shut_down
+    from titlegen.distributed import shut_down, wait_for_everyone
     from titlegen.lifecycle import run_command
 
     try:
-        return run_command(train, argv)
+        code = run_command(train, argv)
+        if code == 0:
+            # A process that tears its group down while another still saves aborts ("terminate called without
+            # an active exception", seen with FSDP2 on gloo); after an error, the launcher ends the others.
+            wait_for_everyone()
+        return code
     finally:
         shut_down()
 
@@ -50,7 +55,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen import TitlegenError, lifecycle
     from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
     from titlegen.data import write_jsonl
-    from titlegen.distributed import wait_for_everyone
+    from titlegen.distributed import fsdp_version, wait_for_everyone
     from titlegen.generation import decode_titles
     from titlegen.loops import is_no_loops
     from titlegen.lora import add_lora, merge_adapter
@@ -63,6 +68,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         freeze_embeddings,
         freeze_encoder,
         load_tokenizer,
+        share_embedding_module,
     )
     from titlegen.plotting import plot_learning_curves
     from titlegen.preprocessing import clause_end_arguments, lead_pairs, make_tokenize_fn, to_features
@@ -70,6 +76,12 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     from titlegen.tokenizer import train_tokenizer
     from titlegen.trainer import TitleTrainer
 
+    if training_args.predict_with_generate and fsdp_version(training_args) == 1:
+        # FSDP2 gathers each block's weights as generate reaches it (tested: the same titles as DDP).
+        raise TitlegenError(
+            "predict_with_generate fails under FSDP version 1 (transformers#21667): use fsdp_version 2 "
+            "(trainer_args/accelerate/fsdp_mt5.yaml), or set predict_with_generate false"
+        )
     if lora_args.use_lora and not model_args.model_name_or_path:
         raise TitlegenError(
             "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
@@ -130,6 +142,8 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         logger.info("froze %d encoder parameters", freeze_encoder(model))
     if model_args.freeze_embeddings:
         logger.info("froze %d embedding parameters", freeze_embeddings(model))
+    if fsdp_version(training_args):
+        share_embedding_module(model)  # one FSDP group for the embedding's one weight (see the function)
     if lora_args.use_lora:
         model = add_lora(
             model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
@@ -198,6 +212,13 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
         generation_backend=run_args.generation_backend,
     )
 
+    if fsdp_version(training_args) and not trainer.is_fsdp_enabled:
+        # accelerate shards with FSDP on GPUs (and other accelerators) only; elsewhere it trains with DDP
+        # instead, without a word, and every process holds the whole model.
+        raise TitlegenError(
+            f"FSDP was asked for, but accelerate runs this as {trainer.accelerator.distributed_type.value} "
+            "(on CPU it does not shard): launch with trainer_args/accelerate/ddp_multi_gpu.yaml, or on GPUs"
+        )
     with out_of_memory_advice(training_advice, trainer, data_args):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model()
