@@ -21,6 +21,8 @@ class TitleTrainer(Seq2SeqTrainer):
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
     ``max_new_tokens``: every later ``generate`` warns, and checkpoints are saved with that config.
+
+    Under FSDP and DeepSpeed, a saved model holds the tied embedding once (see `without_tied_copies`).
     """
 
     def __init__(self, *args, generation_backend: str = "transformers", **kwargs):
@@ -53,7 +55,7 @@ class TitleTrainer(Seq2SeqTrainer):
                 self._engine = None
 
     def _save(self, output_dir=None, state_dict=None):
-        if state_dict is not None and self.is_fsdp_enabled:
+        if state_dict is not None:  # gathered by FSDP or DeepSpeed, a tensor per name
             state_dict = without_tied_copies(self.accelerator.unwrap_model(self.model), state_dict)
         return super()._save(output_dir, state_dict)
 
@@ -101,8 +103,9 @@ class TitleTrainer(Seq2SeqTrainer):
 def without_tied_copies(model, state_dict: dict) -> dict:
     """`state_dict` without the copies of tied weights (``lm_head`` and the look-ups tied to ``shared``).
 
-    FSDP's full state dict gathers each name into a tensor of its own, so ``save_pretrained``, which finds tied
-    weights by their shared storage, would write mT5's embedding four times. ``from_pretrained`` ties them back.
+    FSDP's full state dict and DeepSpeed's gather each name into a tensor of its own, so ``save_pretrained``, which
+    finds tied weights by their shared storage, would write mT5's embedding four times (seen with both on CPU).
+    ``from_pretrained`` ties them back.
     """
     import torch
 
