@@ -127,7 +127,7 @@ def training(args) -> list[list]:
     start = time.perf_counter()
     for i in range(args.steps):
         loss = step(batches[i % 2])
-    loss = float(loss)  # waits for the last step
+    loss = float(loss.detach())  # waits for the last step
     seconds = time.perf_counter() - start
     shadow = new_model(config, "meta")  # the same shape, for the estimate: no memory
     estimate = estimate_training_memory(
