@@ -21,7 +21,7 @@ from titlegen.checkpoints import lock_run_dir, prepare_run_dir, releases_run_dir
 from titlegen.config import parse_args, save_run_config
 from titlegen.cpu import configure_process
 from titlegen.data import read_training_data, write_jsonl
-from titlegen.distributed import shut_down, wait_for_everyone
+from titlegen.distributed import check_fsdp, fsdp_version, shut_down, wait_for_everyone
 from titlegen.generation import decode_titles, title_decoding
 from titlegen.lifecycle import run_command, start_logging
 from titlegen.lora import merge_adapter
@@ -38,7 +38,12 @@ settings = train_settings  # titlegen-train's settings, in the order `train` unp
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return run_command(train, argv)
+        code = run_command(train, argv)
+        if code == 0:
+            # A process that tears its group down while another still saves aborts ("terminate called without
+            # an active exception", seen with FSDP2 on gloo); after an error, the launcher ends the others.
+            wait_for_everyone()
+        return code
     finally:
         shut_down()
 
@@ -47,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
     model_args, lora_args, data_args, run_args, training_args = parse_args(settings(), argv, description=__doc__)
+    check_fsdp(training_args)
     if lora_args.use_lora and not model_args.model_name_or_path:
         raise TitlegenError(
             "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
@@ -71,7 +77,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     )
     generation_config = title_decoding(model, run_args, data_args, training_args.generation_num_beams)
     model.generation_config = generation_config  # before LoRA: the base model, which the adapters leave in place
-    model = adapt_for_training(model, lora_args, model_args.freeze_encoder, model_args.freeze_embeddings)
+    model = adapt_for_training(
+        model, lora_args, model_args.freeze_encoder, model_args.freeze_embeddings, bool(fsdp_version(training_args))
+    )
     log_parameters(model)
 
     # Features, and the trainer (which refuses an evaluation backend that cannot decode as the model does).
