@@ -25,8 +25,9 @@ LAYERS = {
     ),
     "models and tokenizers": (
         "titlegen.tokenizer", "titlegen.model_folder", "titlegen.lora", "titlegen.modeling", "titlegen.prune",
+        "titlegen.memory",
     ),
-    "outputs and run folders": ("titlegen.outputs", "titlegen.checkpoints", "titlegen.memory"),
+    "outputs and run folders": ("titlegen.outputs", "titlegen.checkpoints", "titlegen.memory_advice"),
     "generation, engines, scoring and training": (
         "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines", "titlegen.metrics",
         "titlegen.comparison", "titlegen.plotting", "titlegen.showcase", "titlegen.callbacks", "titlegen.trainer",

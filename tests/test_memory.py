@@ -18,7 +18,8 @@ from transformers import (
 import titlegen.engines
 from titlegen import TitlegenError
 from titlegen.cli import estimate_main
-from titlegen.memory import estimate_training_memory, is_out_of_memory
+from titlegen.memory import estimate_training_memory
+from titlegen.memory_advice import is_out_of_memory
 from titlegen.modeling import build_model, count_parameters, freeze_encoder
 from titlegen.recipes.predict import main as predict_main
 from titlegen.recipes.train import main as train_main

@@ -24,7 +24,7 @@ from titlegen.config import parse_args, settings_from
 from titlegen.data import read_jsonl
 from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command
-from titlegen.memory import generation_advice, out_of_memory_advice
+from titlegen.memory_advice import generation_advice, out_of_memory_advice
 from titlegen.model_folder import model_files, trained_settings
 from titlegen.outputs import check_output_file
 from titlegen.progress import SUFFIX, PredictionProgress, run_fingerprint

@@ -25,7 +25,7 @@ from titlegen.distributed import check_fsdp, fsdp_version, shut_down, wait_for_e
 from titlegen.generation import decode_titles, title_decoding
 from titlegen.lifecycle import run_command, start_logging
 from titlegen.lora import merge_adapter
-from titlegen.memory import out_of_memory_advice, training_advice
+from titlegen.memory_advice import out_of_memory_advice, training_advice
 from titlegen.modeling import adapt_for_training, log_parameters, starting_model
 from titlegen.plotting import plot_learning_curves
 from titlegen.preprocessing import training_features
