@@ -39,13 +39,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from bench._common import LCSTS, machine, markdown_table  # noqa: E402
-from titlegen.data import read_jsonl  # noqa: E402
-from titlegen.engines.ct2 import CT2Engine, export_model  # noqa: E402
-from titlegen.generation import generate_titles  # noqa: E402
-from titlegen.memory import estimate_training_memory  # noqa: E402
-from titlegen.modeling import untie_output_layer  # noqa: E402
-from titlegen.tokenizer import train_tokenizer  # noqa: E402
+from bench._common import LCSTS, machine, markdown_table
+from titlegen.data import read_jsonl
+from titlegen.engines.ct2 import CT2Engine
+from titlegen.engines.export import export_model
+from titlegen.generation import generate_titles
+from titlegen.memory import estimate_training_memory
+from titlegen.modeling import untie_output_layer
+from titlegen.tokenizer import train_tokenizer
 
 RESULTS = ROOT / "bench" / "results"
 FIXTURE = ROOT / "tests" / "assets" / "articles.jsonl"

@@ -12,13 +12,8 @@ from titlegen import TitlegenError
 from titlegen.backends import EXPORT_MARKER, resolve_backend
 from titlegen.cli import export_main
 from titlegen.engines import TransformersEngine, load_engine
-from titlegen.engines.ct2 import (
-    CT2Engine,
-    choose_compute_type,
-    export_model,
-    safe_compute_type,
-    scales_decoder_outputs,
-)
+from titlegen.engines.ct2 import CT2Engine, choose_compute_type, safe_compute_type
+from titlegen.engines.export import export_model, scales_decoder_outputs
 from titlegen.generation import title_generation_config
 from titlegen.lora import add_lora
 from titlegen.model_folder import load_model, load_tokenizer, trained_settings

@@ -29,7 +29,7 @@ LAYERS = {
     ),
     "outputs and run folders": ("titlegen.outputs", "titlegen.checkpoints", "titlegen.memory_advice"),
     "generation, engines, scoring and training": (
-        "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines", "titlegen.metrics",
+        "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines.export", "titlegen.engines", "titlegen.metrics",
         "titlegen.comparison", "titlegen.plotting", "titlegen.showcase", "titlegen.callbacks", "titlegen.trainer",
         "titlegen.rl", "titlegen.rl.losses", "titlegen.rl.reward", "titlegen.rl.rollout", "titlegen.rl.config",
         "titlegen.rl.run", "titlegen.serving", "titlegen.serving.batching", "titlegen.serving.schema",

@@ -18,7 +18,7 @@ import pytest
 from titlegen import TitlegenError
 from titlegen.config import parse_args
 from titlegen.data import read_jsonl
-from titlegen.engines.ct2 import export_model
+from titlegen.engines.export import export_model
 from titlegen.recipes.predict import predict
 from titlegen.recipes.serve import build_app, main, settings
 from titlegen.serving.served_model import ServedModel

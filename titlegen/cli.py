@@ -19,7 +19,7 @@ from titlegen.backends import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from titlegen.config import parse_args, settings_from
 from titlegen.corpus import DATA_ENV, default_download_dir, download
 from titlegen.data import read_jsonl
-from titlegen.engines.ct2 import export_model
+from titlegen.engines.export import export_model
 from titlegen.lifecycle import run_command
 from titlegen.lora import merge_adapter
 from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model

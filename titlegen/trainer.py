@@ -14,7 +14,8 @@ from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
 from titlegen.characters import byte_piece_ids
 from titlegen.data import follow_umask
 from titlegen.distributed import fsdp_version
-from titlegen.engines.ct2 import padded, training_engine
+from titlegen.engines.ct2 import padded
+from titlegen.engines.export import training_engine
 from titlegen.generation import is_article_tokens_only, title_guards
 from titlegen.loops import is_no_loops
 from titlegen.loss import title_loss
