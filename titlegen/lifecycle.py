@@ -254,14 +254,20 @@ def model_files(name_or_path: str | Path) -> list[Path]:
     return sorted({p for pattern in MODEL_FILE_PATTERNS for p in folder.glob(pattern) if p.is_file()})
 
 
-def start_engine(args):
+def start_engine(args, device: str | None = None):
     """Seeds and CPU switches (`configure_process`), then the engine that `args` (`titlegen.config.GenerationArguments`)
-    names: how titlegen-predict, titlegen-compare and titlegen-serve start."""
+    names, on `device` (default: the engine's choice): how titlegen-predict, titlegen-compare and titlegen-serve
+    start."""
     from titlegen.engines import load_engine
 
     configure_process(args.seed)
     return load_engine(
-        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+        args.model_name_or_path,
+        args.backend,
+        bf16=args.bf16,
+        device=device,
+        compute_type=args.compute_type,
+        threads=args.threads,
     )
 
 

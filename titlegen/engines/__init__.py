@@ -88,7 +88,7 @@ def load_engine(
         model_name_or_path: A model or LoRA adapter folder, a hub id, or a ``titlegen-export`` folder.
         backend: ``transformers``, ``ct2``, or ``auto`` (by the folder, see `resolve_backend`).
         bf16: transformers only: generate under bfloat16 autocast.
-        device: ``cpu`` or ``cuda``; default: CUDA when there is a GPU.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when there is a GPU.
         compute_type: ct2 only: the CTranslate2 compute type (default: see `titlegen.engines.ct2`).
         threads: CPU threads for the model (default: the library's own choice).
     """
