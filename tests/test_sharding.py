@@ -2,7 +2,6 @@
 the same output, byte for byte, as one process, with either engine, and resumed after one process was killed."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
