@@ -164,7 +164,8 @@ def title_corpus(
         num_gpus=ray_args.num_gpus,
         batch_format="pandas",
     ).materialize()  # titled once; the shards and the merged file are written from it
-    titled.write_json(f"{output_file}{SHARDS}", force_ascii=False)
+    # A rerun replaces the shards of an earlier one instead of adding to them.
+    titled.write_json(f"{output_file}{SHARDS}", mode=ray.data.SaveMode.OVERWRITE, force_ascii=False)
     records = [{"title": row["title"], "id": row["id"]} for row in titled.iter_rows()]
     if "://" in output_file:
         import pyarrow.fs
