@@ -111,12 +111,13 @@ def test_offline_lora_targets_layers_the_offline_model_has(tokenizer):
 def command_settings() -> dict[str, tuple[type, ...]]:
     """The settings of every command that takes a --config or flags."""
     from titlegen import cli
-    from titlegen.recipes import compare, serve
+    from titlegen.recipes import compare, predict_ray, serve
 
     return {
         "titlegen-train": train.settings(),
         "titlegen-rl": rl_config.settings(),
         "titlegen-predict": predict.settings(),
+        "titlegen-predict-ray": predict_ray.settings(),
         "titlegen-compare": compare.settings(),
         "titlegen-serve": serve.settings(),
         "titlegen-eval": (cli.EvalArguments,),

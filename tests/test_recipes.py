@@ -142,15 +142,19 @@ def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
     assert "train.jsonl:2: field 'title' is missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.cli"])
+@pytest.mark.parametrize(
+    "module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.predict_ray", "titlegen.cli"]
+)
 def test_help_needs_no_heavy_imports(module):
     code = f"import sys, {module}\nassert not {{'torch', 'transformers'}} & set(sys.modules), 'heavy import at import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 @pytest.mark.parametrize(
-    "module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.compare", "titlegen.recipes.rl"]
-)
+    "module",
+    ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.predict_ray", "titlegen.recipes.compare",
+     "titlegen.recipes.rl"],
+)  # fmt: skip
 def test_help_answers(module):
     # argparse formats each help text with %: a stray % in a setting's help breaks --help.
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)

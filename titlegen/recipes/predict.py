@@ -36,9 +36,7 @@ class PredictFiles:
     """The files of titlegen-predict."""
 
     input_file: str = field(metadata={"help": "jsonl of articles (id and maintext).", "aliases": ["--input"]})
-    output_file: str = field(
-        metadata={"help": "jsonl of titles to write; OUTPUT.progress keeps finished titles.", "aliases": ["--output"]}
-    )
+    output_file: str = field(metadata={"help": "jsonl of titles to write, in input order.", "aliases": ["--output"]})
 
 
 def settings() -> tuple[type, ...]:

@@ -16,30 +16,23 @@ shows the progress. Needs the ray extra: pip install titlegen[ray]. Which comman
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from titlegen.recipes.predict import PredictFiles
 from titlegen.recipes.predict import settings as predict_settings
-
-
-@dataclass
-class RayFiles:
-    """The files of titlegen-predict-ray."""
-
-    input_file: str = field(
-        metadata={"help": "jsonl of articles, or a folder of jsonl shards (any pyarrow filesystem).",
-                  "aliases": ["--input"]}
-    )  # fmt: skip
-    output_file: str = field(
-        metadata={"help": "jsonl of every title, in input order; shards go to OUTPUT.shards/.", "aliases": ["--output"]}
-    )
 
 
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-predict-ray, in the order `predict_ray` unpacks them."""
+    from titlegen.config import settings_from
     from titlegen.raydata import RayArguments
 
     generation, _, preprocessing, decoding = predict_settings()
-    return generation, RayFiles, preprocessing, decoding, RayArguments
+    files = settings_from(
+        PredictFiles,
+        ("input_file", "output_file"),
+        note="Here: a file or a folder of jsonl shards, on any filesystem pyarrow reads; shards go to OUTPUT.shards/.",
+    )
+    return generation, files, preprocessing, decoding, RayArguments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
