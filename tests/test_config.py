@@ -11,7 +11,7 @@ from titlegen.config import (
 )
 from titlegen.corpus import expand_data_dir
 from titlegen.modeling import build_model
-from titlegen.recipes import compare, predict, serve, train
+from titlegen.recipes import compare, predict, predict_ray, serve, train
 from titlegen.rl import config as rl_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,6 +115,7 @@ def command_settings() -> dict[str, tuple[type, ...]]:
         "titlegen-train": train.settings(),
         "titlegen-rl": rl_config.settings(),
         "titlegen-predict": predict.settings(),
+        "titlegen-predict-ray": predict_ray.settings(),
         "titlegen-compare": compare.settings(),
         "titlegen-serve": serve.settings(),
         "titlegen-eval": (cli.EvalArguments,),

@@ -29,15 +29,17 @@ LAYERS = {
     ),
     "outputs and run folders": ("titlegen.outputs", "titlegen.checkpoints", "titlegen.memory_advice"),
     "generation, engines, scoring and training": (
-        "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines.export", "titlegen.engines", "titlegen.metrics",
-        "titlegen.comparison", "titlegen.plotting", "titlegen.showcase", "titlegen.callbacks", "titlegen.trainer",
-        "titlegen.rl", "titlegen.rl.losses", "titlegen.rl.reward", "titlegen.rl.rollout", "titlegen.rl.config",
-        "titlegen.rl.run", "titlegen.serving", "titlegen.serving.batching", "titlegen.serving.schema",
-        "titlegen.serving.served_model", "titlegen.serving.app", "titlegen.serving.server",
+        "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines.export",
+        "titlegen.engines", "titlegen.sharding", "titlegen.raydata", "titlegen.metrics", "titlegen.comparison",
+        "titlegen.plotting", "titlegen.showcase", "titlegen.callbacks", "titlegen.trainer", "titlegen.rl",
+        "titlegen.rl.losses", "titlegen.rl.reward", "titlegen.rl.rollout", "titlegen.rl.config", "titlegen.rl.run",
+        "titlegen.serving", "titlegen.serving.batching", "titlegen.serving.schema", "titlegen.serving.served_model",
+        "titlegen.serving.app", "titlegen.serving.server",
     ),
     "the command shell": ("titlegen.lifecycle",),
     "recipes and commands": (
-        "titlegen.recipes", "titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.rl",
+        "titlegen.recipes", "titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.predict_ray",
+        "titlegen.recipes.rl",
         "titlegen.recipes.compare", "titlegen.recipes.serve", "titlegen.cli",
     ),
 }  # fmt: skip

@@ -151,8 +151,8 @@ def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
 # titlegen-train's (and the trainer's) flags are transformers' Seq2SeqTrainingArguments, whose import loads torch and
 # transformers' trainer already: its recipe imports the trainer at the top for no extra time.
 @pytest.mark.parametrize(
-    "module", ["titlegen.recipes.predict", "titlegen.recipes.compare", "titlegen.recipes.rl", "titlegen.recipes.serve",
-               "titlegen.cli"],
+    "module", ["titlegen.recipes.predict", "titlegen.recipes.predict_ray", "titlegen.recipes.compare",
+               "titlegen.recipes.rl", "titlegen.recipes.serve", "titlegen.cli"],
 )  # fmt: skip
 def test_help_needs_no_heavy_imports(module):
     code = f"import sys, {module}\nassert not {{'torch', 'transformers'}} & set(sys.modules), 'heavy import at import'"
@@ -161,8 +161,10 @@ def test_help_needs_no_heavy_imports(module):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.compare", "titlegen.recipes.rl"]
-)
+    "module",
+    ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.predict_ray", "titlegen.recipes.compare",
+     "titlegen.recipes.rl"],
+)  # fmt: skip
 def test_help_answers(module):
     # argparse formats each help text with %: a stray % in a setting's help breaks --help.
     result = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT)

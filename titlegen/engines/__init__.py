@@ -56,7 +56,7 @@ def load_engine(
         model_name_or_path: A model or LoRA adapter folder, a hub id, or a ``titlegen-export`` folder.
         backend: ``transformers``, ``ct2``, or ``auto`` (by the folder, see `resolve_backend`).
         bf16: transformers only: generate under bfloat16 autocast.
-        device: ``cpu`` or ``cuda``; default: CUDA when there is a GPU.
+        device: ``cpu``, ``cuda`` or ``cuda:N``; default: CUDA when there is a GPU.
         compute_type: ct2 only: the CTranslate2 compute type (default: see `titlegen.engines.ct2`).
         threads: CPU threads for the model (default: the library's own choice).
     """
@@ -110,11 +110,17 @@ class TransformersEngine:
         return generate_titles(self.model, self.tokenizer, articles, bf16=self.bf16, **options)
 
 
-def start_engine(args):
+def start_engine(args, device: str | None = None):
     """Seeds and CPU switches (`configure_process`), then the engine that `args`
-    (`titlegen.arguments.GenerationArguments`) names: how titlegen-predict, titlegen-compare and titlegen-serve start.
+    (`titlegen.arguments.GenerationArguments`) names, on `device` (default: the engine's choice): how titlegen-predict,
+    titlegen-compare and titlegen-serve start.
     """
     configure_process(args.seed)
     return load_engine(
-        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+        args.model_name_or_path,
+        args.backend,
+        bf16=args.bf16,
+        device=device,
+        compute_type=args.compute_type,
+        threads=args.threads,
     )

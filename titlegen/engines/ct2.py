@@ -180,7 +180,7 @@ class CT2Engine:
 
     Args:
         model_dir: The export.
-        device: ``cpu`` or ``cuda`` (default: CUDA when there is a GPU).
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (GPU N; default: CUDA when there is a GPU).
         compute_type: A CTranslate2 compute type (default: `choose_compute_type`).
         threads: CPU threads per decoding (CTranslate2's ``intra_threads``; default: its own choice).
     """
@@ -209,7 +209,9 @@ class CT2Engine:
             if (self.model_dir / "generation_config.json").is_file()
             else GenerationConfig()
         )
-        self.device = choose_device(device)
+        device, _, index = (device or "").partition(":")
+        self.device = choose_device(device or None)
+        self.device_index = int(index) if index.isdigit() else 0
         self.supported = set(ctranslate2.get_supported_compute_types(self.device))
         self.compute_type = choose_compute_type(self.device, self.quantization, self.supported, compute_type)
         self.threads = threads
@@ -222,7 +224,11 @@ class CT2Engine:
         import ctranslate2
 
         return ctranslate2.Translator(
-            str(self.model_dir), device=self.device, compute_type=compute_type, intra_threads=self.threads or 0
+            str(self.model_dir),
+            device=self.device,
+            device_index=self.device_index,
+            compute_type=compute_type,
+            intra_threads=self.threads or 0,
         )
 
     def decoding(self, seed: int | None = None, **generate_kwargs) -> tuple[dict, bool]:
