@@ -158,7 +158,6 @@ def run_child(settings: dict, options: argparse.Namespace, tokenizer_dir: str) -
 
 
 def estimate(settings: dict, source_length: int, target_length: int) -> int:
-
     known = {k: v for k, v in settings.items() if k in SETTINGS}
     return estimate_training_memory(
         mt5_small("meta"), **known, max_source_length=source_length, max_target_length=target_length

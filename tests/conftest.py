@@ -90,7 +90,6 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
-
     records = read_lines(ARTICLES)
     texts = [r[c] for r in records for c in ("maintext", "title")]
     return train_tokenizer(texts, tmp_path_factory.mktemp("tokenizer"), vocab_size=1000)

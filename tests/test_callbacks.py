@@ -107,7 +107,6 @@ def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_a_time_budget_stops_training_and_evaluates_the_last_step(tmp_path):
-
     run = tmp_path / "run"
     budget = TrainingTimeBudget(minutes=0.0)  # spent by the first step
     args = ("--max_steps", "50", "--eval_strategy", "steps", "--eval_steps", "20", "--save_strategy", "steps")

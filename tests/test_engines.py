@@ -162,7 +162,6 @@ def test_int8_titles_are_titles(exports, float32):
 
 
 def test_titles_hold_no_broken_characters(float32, exports):
-
     tokenizer = load_tokenizer(str(exports["float32"]))
     ids = [tokenizer(text).input_ids for text in TEXTS]
     raw = [tokenizer.decode(row, skip_special_tokens=True) for row in float32.generate_ids(ids, *float32.decoding())]
@@ -452,7 +451,6 @@ def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_
 
 @pytest.mark.slow
 def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkeypatch):
-
     from .conftest import tiny_train_args
 
     calls = []
@@ -494,7 +492,6 @@ def test_export_command(model_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_evaluation_with_ctranslate2_merges_lora_adapters(trained_dir, tmp_path):
-
     from .conftest import tiny_train_args
 
     args = ["--model_name_or_path", str(trained_dir), "--use_lora", "true", "--lora_r", "2"]

@@ -397,7 +397,6 @@ def test_sigterm_lets_the_requests_in_flight_finish(trained_dir):
 
 
 def test_a_port_in_use_and_bad_settings_are_one_line_errors(trained_dir, capsys):
-
     with contextlib.closing(listen("127.0.0.1", 0)) as taken:
         taken.listen()
         port = taken.getsockname()[1]
@@ -449,7 +448,6 @@ def test_a_failing_generate_call_fails_its_requests_only(trained_dir, monkeypatc
 
 
 def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_path):
-
     export = tmp_path / "export"
     export_model(trained_dir, export, quantization="float32")
     expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1")

@@ -33,7 +33,6 @@ from titlegen.tokenizer import train_tokenizer
 
 
 def _evaluate(argv: Sequence[str] | None) -> dict:
-
     segmenter = settings_from(RunArguments, ["segmenter"], segmenter="auto")
     args, scoring = parse_args(
         (EvalArguments, segmenter),
@@ -85,7 +84,6 @@ class TextColumns:
 
 
 def _corpus(files: Sequence[str], columns: Sequence[str]) -> list[str]:
-
     return [r[c] for path in files for r in read_jsonl(path, fields=columns) for c in columns]
 
 
@@ -98,7 +96,6 @@ class TokenizerFiles:
 
 
 def _train_tokenizer(argv: Sequence[str] | None) -> None:
-
     tokenizer_settings = settings_from(ModelArguments, ["tokenizer_vocab_size", "tokenizer_type"])
     files, text, settings = parse_args(
         (TokenizerFiles, TextColumns, tokenizer_settings),
@@ -130,7 +127,6 @@ class MergeArguments:
 
 
 def _merge(argv: Sequence[str] | None) -> None:
-
     (args,) = parse_args(
         (MergeArguments,),
         argv,
@@ -159,7 +155,6 @@ class PruneArguments:
 
 
 def _prune_vocab(argv: Sequence[str] | None) -> dict:
-
     prefix = settings_from(
         DataArguments, ["source_prefix"], note="Default: as the model was trained.", source_prefix=None
     )
@@ -199,7 +194,6 @@ class PlotArguments:
 
 
 def _plot(argv: Sequence[str] | None) -> None:
-
     (args,) = parse_args(
         (PlotArguments,),
         argv,
@@ -262,7 +256,6 @@ class ExportArguments:
 
 
 def _export(argv: Sequence[str] | None) -> dict:
-
     (args,) = parse_args(
         (ExportArguments,),
         argv,

@@ -5,6 +5,9 @@ Each CPU setting is a switch of `titlegen.arguments.RunArguments`; bench/README.
 
 from __future__ import annotations
 
+import ctypes
+import platform
+
 
 def configure_cpu(flush_denormal: bool = True, keep_freed_memory: bool = False) -> None:
     """Applies the CPU settings: denormal floats flushed to zero, and optionally `keep_freed_memory_in_process`.
@@ -32,8 +35,6 @@ def keep_freed_memory_in_process() -> bool:
     Returns:
         Whether the setting took effect: False where the C library is not glibc (e.g. macOS, musl).
     """
-    import ctypes
-    import platform
 
     if platform.libc_ver()[0] != "glibc":
         return False

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import tempfile
 import unicodedata
@@ -205,7 +206,6 @@ def write_json(path: str | Path, value) -> None:
 
 def split_records(records: list[dict], percentage: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Splits off `percentage` % of the records (at least one) for validation, by a seeded shuffle."""
-    import random
 
     if len(records) < 2:
         raise DataError("cannot hold out validation data from fewer than 2 records; give a validation_file")

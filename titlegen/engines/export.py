@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,7 +105,6 @@ def training_engine(model, tokenizer) -> Iterator[CT2Engine]:
     A float32 copy of the weights (a LoRA model's adapters merged into it) is exported to a temporary folder
     and loaded in int8 compute on CPU (as ``titlegen-export``'s default), in half precision on a GPU.
     """
-    import tempfile
 
     import torch
     from accelerate.utils import extract_model_from_parallel

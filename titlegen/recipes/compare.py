@@ -14,8 +14,10 @@ grid of search settings.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from titlegen import TitlegenError
 from titlegen.arguments import DecodingArguments, GenerationArguments, RunArguments
@@ -62,16 +64,11 @@ def settings() -> tuple[type, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     return run_command(compare, argv)
 
 
 def compare(argv: Sequence[str] | None = None) -> list[dict]:
-
     args, files, compare_args, scoring, decoding = parse_args(settings(), argv, description=__doc__)
-
-    import time
-    from pathlib import Path
 
     grid = load_grid(compare_args.grid) if compare_args.grid else list(DEFAULT_GRID)
     check_metric(compare_args.metric)

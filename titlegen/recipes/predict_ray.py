@@ -41,7 +41,6 @@ def settings() -> tuple[type, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     return run_command(predict_ray, argv)
 
 

@@ -74,12 +74,10 @@ def settings() -> tuple[type, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-
     return run_command(serve, argv)
 
 
 def serve(argv: Sequence[str] | None = None) -> None:
-
     parsed = parse_args(settings(), argv, description=__doc__)
     server_args = parsed[-1]
     with contextlib.closing(listen(server_args.host, server_args.port)) as sock:  # a port in use: before the model

@@ -7,6 +7,7 @@ training batches (`batch_indices`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -249,7 +250,6 @@ def evaluate_titles(
 
 def frozen_copy(model):
     """A copy of `model` with gradients off and dropout off: the reference of full fine-tuning."""
-    import copy
 
     reference = copy.deepcopy(model).eval()
     reference.requires_grad_(False)
