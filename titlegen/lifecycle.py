@@ -36,6 +36,8 @@ MODEL_FILE_PATTERNS = (
     "run_config.yaml",
     "*.safetensors",
     "*.safetensors.index.json",
+    "pytorch_model*.bin",  # the hub's mT5 checkpoints, whole or sharded
+    "pytorch_model.bin.index.json",
     "adapter_config.json",
     "tokenizer*.json",
     "special_tokens_map.json",
@@ -205,8 +207,9 @@ def load_model_folder(
         **kwargs: Passed to `titlegen.modeling.load_model` (e.g. ``dtype``).
     """
     from titlegen.config import trained_settings
-    from titlegen.modeling import load_model, load_tokenizer
+    from titlegen.modeling import check_model_name, load_model, load_tokenizer
 
+    check_model_name(name_or_path)  # a missing folder or damaged config.json, named as such
     tokenizer_name = tokenizer_name or name_or_path
     if Path(tokenizer_name).is_dir():
         check_tokenizer_files(Path(tokenizer_name))
