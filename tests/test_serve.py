@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -397,8 +398,10 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
 
     export = tmp_path / "export"
     export_model(trained_dir, export, quantization="float32")
-    expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1")
-    # The model decodes with the loop guard, which CTranslate2 cannot honour: the server refuses to start with it.
+    # The model decodes with the loop guard, which CTranslate2 cannot honour, under a preset too: the server refuses
+    # to start with it, and the server's --no_loops false holds for requests that name a preset.
+    expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1", "--no_loops",
+                         "false")  # fmt: skip
     with pytest.raises(TitlegenError, match="the ct2 backend cannot honour no_loops"):
         app_for(export, "--threads", "1")
     with running(app_for(export, "--threads", "1", "--no_loops", "false")) as client:
@@ -410,3 +413,24 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
         # CTranslate2 cannot sample with a per-article seed: the request is refused, not answered differently.
         refused = client.post("/v1/titles", json={**BODY, "strategy": "top_k"})
         assert refused.status_code == 400 and refused.json()["error"].startswith("request: "), refused.text
+
+
+def test_a_preset_keeps_the_guards_the_model_was_saved_with(trained_dir, tmp_path):
+    """The page's cards (greedy, beam, ...) title as the model's own decoding would, guards included, unless a
+    request turns a guard off by name."""
+    guarded = tmp_path / "guarded"
+    shutil.copytree(trained_dir, guarded)
+    config = json.loads((guarded / "generation_config.json").read_text())
+    (guarded / "generation_config.json").write_text(json.dumps({**config, "article_tokens_only": True,
+                                                                "no_loops": True}))  # fmt: skip
+    articles = {r["id"]: r["maintext"] for r in RECORDS}
+    with running(app_for(guarded)) as client:
+        for strategy in ("greedy", "beam", "beam_no_repeat"):
+            answer = client.post("/v1/titles", json={**BODY, "strategy": strategy}).json()
+            titles = {t["id"]: t["title"] for t in answer["titles"]}
+            assert all(set(title) - {" "} <= set(articles[i]) for i, title in titles.items()), (strategy, titles)
+            assert titles == predicted(guarded, tmp_path, "--strategy", strategy), strategy
+        off = {**BODY, "strategy": "greedy", "article_tokens_only": False, "no_loops": False}
+        unguarded = {t["id"]: t["title"] for t in client.post("/v1/titles", json=off).json()["titles"]}
+    assert unguarded == predicted(guarded, tmp_path, "--strategy", "greedy", "--article_tokens_only", "false",
+                                  "--no_loops", "false")  # fmt: skip

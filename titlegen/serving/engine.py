@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from titlegen.strategies import NEUTRAL
+from titlegen.strategies import GUARDS_OFF, NEUTRAL
 
 
 class ServedModel:
@@ -49,7 +49,9 @@ class ServedModel:
 
         config = self.engine.generation_config
         # transformers' own default stands for a setting the config leaves unset.
-        decoding = {name: _first_set(getattr(config, name, None), default) for name, default in NEUTRAL.items()}
+        decoding = {
+            name: _first_set(getattr(config, name, None), default) for name, default in {**NEUTRAL, **GUARDS_OFF}.items()
+        }
         decoding["max_new_tokens"] = config.max_new_tokens
         model = getattr(self.engine, "model", None)  # a CTranslate2 engine holds no torch model to count
         return {
