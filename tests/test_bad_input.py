@@ -356,7 +356,10 @@ ARGUMENT_CASES = {
             lambda data, tmp, model: run_train(data, tmp, model, "--model_name_or_path", str(tmp / "no-model")),
             Error(r".*/no-model: no such model folder"),
         ),
-        "rl": (lambda data, tmp, model: run_rl(data, tmp, tmp / "no-model"), Error(r".*/no-model: no such model folder")),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, tmp / "no-model"),
+            Error(r".*/no-model: no such model folder"),
+        ),
         "predict": (
             lambda data, tmp, model: run_predict(data, tmp, tmp / "no-model"),
             Error(r".*/no-model: no such model folder"),

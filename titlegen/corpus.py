@@ -1,10 +1,10 @@
 """The real data: where it is (one setting) and how to get it (``titlegen-data``).
 
 The data folder holds ``lcsts/{train,validation,test}.zh-{tw,cn}.jsonl`` (LCSTS PART_II, with its original
-TSV files in ``lcsts/original/``) and ``adl-news/sample_{test,submission}.jsonl`` (the course's 10 sample articles and titles). It is
-``$TITLEGEN_DATA`` when set; otherwise ``../shared/data`` where that exists (the development machine's
-copy); otherwise the folder ``titlegen-data`` writes by default. Configs name it as ``${TITLEGEN_DATA}``
-in their paths (expanded by `expand_data_dir`), and ``make`` passes its ``DATA`` variable as
+TSV files in ``lcsts/original/``) and ``adl-news/sample_{test,submission}.jsonl`` (the course's 10 sample
+articles and titles). It is ``$TITLEGEN_DATA`` when set; otherwise ``../shared/data`` where that exists
+(the development machine's copy); otherwise the folder ``titlegen-data`` writes by default. Configs name it
+as ``${TITLEGEN_DATA}`` in their paths (expanded by `expand_data_dir`), and ``make`` passes its ``DATA`` variable as
 ``TITLEGEN_DATA``.
 
 ``titlegen-data`` downloads the original files from pinned commits of their public repositories, refuses

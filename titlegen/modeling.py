@@ -19,7 +19,12 @@ OFFLINE_HINT = (
 # What a hub id looks like ("google/mt5-small", "t5-small"); anything else that names no folder is a missing folder.
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 # The weights files a model folder may hold, in the order transformers prefers them.
-WEIGHTS_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def load_tokenizer(name_or_path: str, cache_dir: str | None = None):

@@ -49,9 +49,8 @@ class ServedModel:
 
         config = self.engine.generation_config
         # transformers' own default stands for a setting the config leaves unset.
-        decoding = {
-            name: _first_set(getattr(config, name, None), default) for name, default in {**NEUTRAL, **GUARDS_OFF}.items()
-        }
+        defaults = {**NEUTRAL, **GUARDS_OFF}
+        decoding = {name: _first_set(getattr(config, name, None), default) for name, default in defaults.items()}
         decoding["max_new_tokens"] = config.max_new_tokens
         model = getattr(self.engine, "model", None)  # a CTranslate2 engine holds no torch model to count
         return {
