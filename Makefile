@@ -72,7 +72,7 @@ demo:  ## under 10 minutes on 2 CPU cores: get the data if missing, train from s
 	rm -rf outputs/demo
 	titlegen-train --config trainer_args/tiny_offline.yaml --output_dir outputs/demo $(ARGS)
 	TITLEGEN_MODEL=outputs/demo PYTHON=$(PY) bash run.sh $(DATA)/adl-news/sample_test.jsonl outputs/demo/sample_predictions.jsonl
-	$(PY) -m titlegen.showcase --articles $(DATA)/adl-news/sample_test.jsonl \
+	titlegen-showcase --articles $(DATA)/adl-news/sample_test.jsonl \
 		--references $(DATA)/adl-news/sample_submission.jsonl --predictions outputs/demo/sample_predictions.jsonl
 
 bench:  ## every benchmark in bench/ on real data (see bench/README.md; the quality one trains for 40 minutes)

@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 
 from titlegen.corpus import data_dir
+from titlegen.recipes.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 LCSTS = data_dir() / "lcsts"  # $TITLEGEN_DATA, else ../shared/data (titlegen/corpus.py)
@@ -50,8 +51,6 @@ def offline_model(model: str | None, folder: Path, *train_args: str) -> Path:
     if model:
         return Path(model)
     if not (folder / "model.safetensors").is_file():
-        from titlegen.recipes.train import train
-
         print(f"no --model given: training one with trainer_args/tiny_offline.yaml into {folder}", flush=True)
         # --resume: a training that was interrupted continues from its last checkpoint.
         config = str(ROOT / "trainer_args" / "tiny_offline.yaml")

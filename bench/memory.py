@@ -35,6 +35,13 @@ import time
 from pathlib import Path
 
 from bench._common import LCSTS, ROOT, machine, markdown_table
+from titlegen.cpu import configure_cpu
+from titlegen.data import read_jsonl, write_json
+from titlegen.loss import title_loss
+from titlegen.memory import SETTINGS, estimate_training_memory
+from titlegen.modeling import untie_output_layer
+from titlegen.preprocessing import make_tokenize_fn
+from titlegen.tokenizer import train_tokenizer
 
 RESULTS = ROOT / "bench" / "results"
 GIB = 2**30
@@ -67,8 +74,6 @@ def mt5_small(device: str = "cpu"):
     import torch
     from transformers import MT5Config, MT5ForConditionalGeneration
 
-    from titlegen.modeling import untie_output_layer
-
     with torch.device(device):
         model = MT5ForConditionalGeneration(MT5Config())
         untie_output_layer(model)  # MT5Config always ties it
@@ -78,9 +83,6 @@ def mt5_small(device: str = "cpu"):
 def full_length_examples(tokenizer, source_length: int, target_length: int, count: int):
     """The first `count` LCSTS training pairs long enough to fill both lengths, tokenized and cut to them."""
     from datasets import Dataset
-
-    from titlegen.data import read_jsonl
-    from titlegen.preprocessing import make_tokenize_fn
 
     tokenize = make_tokenize_fn(tokenizer, "maintext", "title", source_length, target_length)
     examples = {"input_ids": [], "attention_mask": [], "labels": []}
@@ -106,9 +108,6 @@ def measure(settings: dict, tokenizer_dir: str, source_length: int, target_lengt
     """Trains `steps` steps with `settings` and returns the peak memory and the time per step."""
     import torch
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments
-
-    from titlegen.cpu import configure_cpu
-    from titlegen.loss import title_loss
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -159,7 +158,6 @@ def run_child(settings: dict, options: argparse.Namespace, tokenizer_dir: str) -
 
 
 def estimate(settings: dict, source_length: int, target_length: int) -> int:
-    from titlegen.memory import SETTINGS, estimate_training_memory
 
     known = {k: v for k, v in settings.items() if k in SETTINGS}
     return estimate_training_memory(
@@ -204,9 +202,6 @@ def main() -> None:
                                  options.steps)))  # fmt: skip
         return
 
-    from titlegen.data import read_jsonl
-    from titlegen.tokenizer import train_tokenizer
-
     rows = []
     with tempfile.TemporaryDirectory() as tokenizer_dir:
         records = read_jsonl(LCSTS / "train.zh-tw.jsonl", fields=("maintext", "title"))
@@ -239,7 +234,6 @@ def main() -> None:
     print(f"\n{machine()}\n{title.replace(chr(10), ' ')}\n\n{markdown_table(header, table)}")
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    from titlegen.data import write_json
 
     options = {k: v for k, v in vars(options).items() if k not in ("child", "tokenizer_dir")}
     write_json(RESULTS / "memory.json", {"machine": machine(), "title": title, "options": options, "rows": rows})

@@ -32,6 +32,14 @@ import time
 from pathlib import Path
 
 from bench._common import LCSTS, ROOT
+from titlegen.cpu import configure_cpu
+from titlegen.data import read_jsonl, write_json
+from titlegen.lora import add_lora
+from titlegen.model_folder import load_model, load_tokenizer
+from titlegen.modeling import build_model, count_parameters, freeze_embeddings, freeze_encoder, untie_output_layer
+from titlegen.preprocessing import make_tokenize_fn
+from titlegen.prune import prune_vocabulary
+from titlegen.tokenizer import train_tokenizer
 
 RESULTS = ROOT / "bench" / "results"
 VOCAB_SIZE = 250_112  # mT5's embedding rows (MT5Config's default)
@@ -42,10 +50,6 @@ TARGET_SPEEDUP = 2.5  # the pruned model against the full vocabulary
 
 def build_checkpoints(work: Path) -> tuple[Path, Path, dict]:
     """Writes the full-vocabulary checkpoint and its pruned copy; returns both folders and the prune sizes."""
-    from titlegen.data import read_jsonl
-    from titlegen.modeling import build_model, untie_output_layer
-    from titlegen.prune import prune_vocabulary
-    from titlegen.tokenizer import train_tokenizer
 
     def texts(split):
         records = read_jsonl(LCSTS / f"{split}.zh-tw.jsonl", fields=("id", "maintext", "title"))
@@ -70,18 +74,6 @@ def measure(setting: str, model_dir: str, batch_size: int, steps: int, threads: 
     import torch
     from transformers import DataCollatorForSeq2Seq
     from transformers.optimization import Adafactor
-
-    from titlegen.cpu import configure_cpu
-    from titlegen.data import read_jsonl
-    from titlegen.lora import add_lora
-    from titlegen.modeling import (
-        count_parameters,
-        freeze_embeddings,
-        freeze_encoder,
-        load_model,
-        load_tokenizer,
-    )
-    from titlegen.preprocessing import make_tokenize_fn
 
     torch.set_num_threads(threads)
     configure_cpu()
@@ -241,8 +233,6 @@ def main(argv=None) -> None:
         return
 
     import torch
-
-    from titlegen.data import write_json
 
     torch.set_num_threads(args.threads)
     started = time.time()

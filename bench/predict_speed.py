@@ -45,6 +45,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from bench._common import LCSTS, machine, markdown_table, offline_model  # noqa: E402
+from titlegen.cpu import configure_cpu  # noqa: E402
+from titlegen.data import normalize_text, read_jsonl, write_json  # noqa: E402
+from titlegen.engines import TransformersEngine  # noqa: E402
+from titlegen.engines.ct2 import CT2Engine, export_model, training_engine  # noqa: E402
+from titlegen.generation import generate_titles  # noqa: E402
+from titlegen.metrics import f100, get_segmenter, tw_rouge  # noqa: E402
+from titlegen.model_folder import trained_settings  # noqa: E402
+from titlegen.modeling import build_model  # noqa: E402
+from titlegen.tokenizer import train_tokenizer  # noqa: E402
 
 MAX_SOURCE_LENGTH = 256  # titlegen's default; LCSTS articles are ~110 characters, so nothing is cut
 RESULTS = ROOT / "bench" / "results"
@@ -64,7 +73,6 @@ def baseline_titles(model, tokenizer, texts: list[str], batch_size: int, **gener
 
 def timed_export(model_dir: Path, output_dir: Path, quantization: str) -> float:
     """Seconds ``titlegen-export`` takes (loading, converting, checking and writing)."""
-    from titlegen.engines.ct2 import export_model
 
     start = time.perf_counter()
     export_model(model_dir, output_dir, quantization=quantization)
@@ -74,12 +82,6 @@ def timed_export(model_dir: Path, output_dir: Path, quantization: str) -> float:
 def speed(args, texts: list[str], train: list[dict], workdir: Path) -> tuple[list[list], dict]:
     """The speed table's rows: every configuration, --repeats times in turn."""
     import torch
-
-    from titlegen.cpu import configure_cpu
-    from titlegen.engines.ct2 import CT2Engine
-    from titlegen.generation import generate_titles
-    from titlegen.modeling import build_model
-    from titlegen.tokenizer import train_tokenizer
 
     print(f"training a tokenizer on {len(train)} LCSTS training pairs ...", flush=True)
     tokenizer = train_tokenizer((r[c] for r in train for c in ("maintext", "title")), workdir / "tok", vocab_size=32000)
@@ -165,12 +167,6 @@ def quality(args, workdir: Path) -> tuple[list[list], dict]:
     """The quality table's rows: the trained model's validation titles by engine and decoding."""
     import torch
 
-    from titlegen.config import trained_settings
-    from titlegen.data import read_jsonl
-    from titlegen.engines import TransformersEngine
-    from titlegen.engines.ct2 import CT2Engine
-    from titlegen.metrics import f100, get_segmenter, tw_rouge
-
     model_dir = quality_model(args)
     settings = trained_settings(str(model_dir))
     records = read_jsonl(args.data / "validation.zh-tw.jsonl", fields=("maintext", "title"))[: args.quality_articles]
@@ -194,7 +190,7 @@ def quality(args, workdir: Path) -> tuple[list[list], dict]:
             start = time.perf_counter()
             titles[decoding, name] = engine.generate_titles(
                 articles, batch_size=args.batch_size, progress=False,
-                max_source_length=settings["max_source_length"], source_prefix=settings["source_prefix"], **arguments,
+                max_source_length=settings.max_source_length, source_prefix=settings.source_prefix, **arguments,
             )  # fmt: skip
             seconds[decoding, name] = time.perf_counter() - start
             print(f"  {decoding} {name}: {len(articles) / seconds[decoding, name]:.1f} titles/s", flush=True)
@@ -208,7 +204,7 @@ def quality(args, workdir: Path) -> tuple[list[list], dict]:
                 len(articles) / seconds[decoding, name], f"{same}/{len(articles)}",
             ])  # fmt: skip
     transformers = engines["transformers fp32"]
-    evaluated = articles[: settings["max_eval_samples"] or 200]
+    evaluated = articles[: settings.max_eval_samples or 200]
     evaluation = evaluation_seconds(transformers.model, transformers.tokenizer, evaluated, settings, args.repeats)
     details = {"articles": len(articles), "export_seconds": export_seconds, "evaluation_seconds": evaluation}
     return rows, {"model": str(model_dir), **details}
@@ -218,13 +214,11 @@ def evaluation_seconds(model, tokenizer, articles: list[str], settings: dict, re
     """Seconds of one evaluation's titles during training, as `titlegen.trainer.TitleTrainer` writes them:
     transformers' generate, or CTranslate2 with the export of the weights included (``generation_backend``), both
     without the loop guard, which training with CTranslate2 refuses."""
-    from titlegen.engines.ct2 import training_engine
-    from titlegen.generation import generate_titles
 
     options = {
         "batch_size": 64,
         "progress": False,
-        "max_source_length": settings["max_source_length"],
+        "max_source_length": settings.max_source_length,
         "no_loops": False,
     }
     seconds: dict[str, list[float]] = {"transformers": [], "ct2": []}
@@ -280,8 +274,6 @@ def main() -> None:
 
     import torch
     import transformers
-
-    from titlegen.data import normalize_text, read_jsonl, write_json
 
     transformers.utils.logging.set_verbosity_error()
     if args.threads:

@@ -21,6 +21,12 @@ import shutil
 from pathlib import Path
 
 from bench._common import LCSTS, ROOT, machine, markdown_table
+from titlegen.callbacks import TrainingTimeBudget
+from titlegen.data import atomic_write_text, read_jsonl
+from titlegen.generation import generate_titles, is_article_tokens_only
+from titlegen.metrics import f100, get_segmenter, tw_rouge
+from titlegen.model_folder import load_model, load_tokenizer, trained_settings
+from titlegen.recipes.train import train
 from titlegen.showcase import lead
 
 VALIDATION_FILE = LCSTS / "validation.zh-tw.jsonl"
@@ -43,7 +49,6 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def score(predictions: dict[str, list[str]], references: list[str], segmenter_name: str) -> dict[str, dict]:
     """tw_rouge f x 100 of each system's predictions with one segmenter."""
-    from titlegen.metrics import f100, get_segmenter, tw_rouge
 
     segmenter = get_segmenter(segmenter_name)
     return {name: f100(tw_rouge(titles, references, segmenter)) for name, titles in predictions.items()}
@@ -77,12 +82,6 @@ def plot(evaluations: list[dict], lead_scores: dict[str, dict], path: Path, titl
 
 def main(argv=None) -> None:
     args, recipe_args = parse_args(argv)
-    from titlegen.callbacks import TrainingTimeBudget
-    from titlegen.config import trained_settings
-    from titlegen.data import atomic_write_text, read_jsonl
-    from titlegen.generation import generate_titles, is_article_tokens_only
-    from titlegen.modeling import load_model, load_tokenizer
-    from titlegen.recipes.train import train
 
     output_dir = Path(args.output_dir)
     run_dir = output_dir / "model"
@@ -122,7 +121,7 @@ def main(argv=None) -> None:
             tokenizer,
             articles,
             batch_size=64,
-            max_source_length=settings["max_source_length"],
+            max_source_length=settings.max_source_length,
         ),
         **{f"lead-{n}": lead(articles, n) for n in LEADS},
     }

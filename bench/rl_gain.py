@@ -24,6 +24,14 @@ import time
 from pathlib import Path
 
 from bench._common import LCSTS, ROOT, machine, markdown_table, offline_model
+from titlegen.config import parse_args
+from titlegen.data import read_jsonl
+from titlegen.generation import is_article_tokens_only
+from titlegen.metrics import get_segmenter
+from titlegen.model_folder import load_model, load_tokenizer
+from titlegen.recipes.rl import rl
+from titlegen.rl.config import settings as rl_settings
+from titlegen.rl.rollout import evaluate_titles
 
 RESULTS = ROOT / "outputs" / "bench" / "rl_gain"
 SPLITS = {"validation": LCSTS / "validation.zh-tw.jsonl", "test": LCSTS / "test.zh-tw.jsonl"}
@@ -32,10 +40,6 @@ EXAMPLES = 5
 
 def evaluate(model_dir: Path, max_source_length: int, generation_config) -> dict[str, tuple[dict, list[str]]]:
     """Titles for every article of each split, decoded as `generation_config` says, scored with the char segmenter."""
-    from titlegen.data import read_jsonl
-    from titlegen.metrics import get_segmenter
-    from titlegen.modeling import load_model, load_tokenizer
-    from titlegen.rl.rollout import evaluate_titles
 
     model, tokenizer = load_model(str(model_dir)), load_tokenizer(str(model_dir))
     results = {}
@@ -57,12 +61,6 @@ def main() -> None:
     args, rl_flags = parser.parse_known_args()
 
     from transformers import GenerationConfig
-
-    from titlegen.config import parse_args
-    from titlegen.data import read_jsonl
-    from titlegen.generation import is_article_tokens_only
-    from titlegen.recipes.rl import rl
-    from titlegen.rl.config import settings as rl_settings
 
     start_model = offline_model(args.model, RESULTS / "sft")
     out = Path(args.output_dir)

@@ -31,6 +31,12 @@ import time
 from pathlib import Path
 
 from bench._common import LCSTS, ROOT, machine, markdown_table, offline_model
+from titlegen.config import parse_args
+from titlegen.data import read_jsonl
+from titlegen.model_folder import trained_settings
+from titlegen.recipes.serve import served_model
+from titlegen.recipes.serve import settings as serve_settings
+from titlegen.strategies import decoding_arguments
 
 RESULTS = ROOT / "outputs" / "bench" / "serve_load"
 
@@ -137,12 +143,6 @@ def main() -> None:
     import httpx
     import torch
     import transformers
-
-    from titlegen.config import parse_args, trained_settings
-    from titlegen.data import read_jsonl
-    from titlegen.recipes.serve import served_model
-    from titlegen.recipes.serve import settings as serve_settings
-    from titlegen.strategies import decoding_arguments
 
     transformers.utils.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

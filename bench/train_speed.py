@@ -37,6 +37,12 @@ import time
 from pathlib import Path
 
 from bench._common import LCSTS, machine, markdown_table
+from titlegen.data import read_jsonl, write_jsonl
+from titlegen.model_folder import load_tokenizer
+from titlegen.modeling import build_model
+from titlegen.preprocessing import make_tokenize_fn, to_features
+from titlegen.recipes.train import train
+from titlegen.tokenizer import train_tokenizer
 
 TRAIN_FILE = LCSTS / "train.zh-tw.jsonl"
 VALIDATION_FILE = LCSTS / "validation.zh-tw.jsonl"
@@ -152,10 +158,6 @@ def _train_plain(
     import torch
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
-    from titlegen.data import read_jsonl
-    from titlegen.modeling import build_model, load_tokenizer
-    from titlegen.preprocessing import make_tokenize_fn, to_features
-
     torch.set_flush_denormal(False)
     set_seed(42)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -211,8 +213,6 @@ def run_recipe(
     callbacks = [timer] if profile_steps is None else [timer, _profiler_callback(*profile_steps)]
     with tempfile.TemporaryDirectory() as output_dir:
         if recipe == "titlegen":
-            from titlegen.recipes.train import train
-
             train(
                 _titlegen_argv(train_file, tokenizer_dir, output_dir, max_steps, batch_size, bf16), callbacks=callbacks
             )
@@ -264,7 +264,6 @@ def matmul_flops(dtype_name: str, n: int = 1024, seconds: float = 1.0) -> float:
 
 def model_shape(tokenizer_dir: str) -> dict:
     """Parameter counts and sizes of the benchmarked model, for its FLOPs per token."""
-    from titlegen.modeling import build_model, load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
     model = build_model("mt5", tokenizer)
@@ -314,9 +313,6 @@ def epoch_rates(steps: list[dict], shape: dict, batch_size: int) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     import torch
-
-    from titlegen.data import read_jsonl, write_jsonl
-    from titlegen.tokenizer import train_tokenizer
 
     torch.set_num_threads(args.threads)
     print(machine(), flush=True)

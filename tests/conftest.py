@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from titlegen.corpus import data_dir
+from titlegen.recipes.train import train
+from titlegen.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
@@ -85,7 +87,6 @@ def subprocess_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
-    from titlegen.tokenizer import train_tokenizer
 
     records = read_lines(ARTICLES)
     texts = [r[c] for r in records for c in ("maintext", "title")]
@@ -95,7 +96,6 @@ def tokenizer(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_dir(tmp_path_factory) -> Path:
     """A model folder written by the training recipe (2 epochs on the fixture articles)."""
-    from titlegen.recipes.train import train
 
     output_dir = tmp_path_factory.mktemp("run") / "tiny"
     train(tiny_train_args(output_dir))

@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import titlegen.modeling
+import titlegen.recipes.train
+from titlegen.callbacks import TrainingTimeBudget
 from titlegen.checkpoints import is_complete_checkpoint
 from titlegen.recipes.train import main as train_main
 from titlegen.recipes.train import train
@@ -91,7 +93,6 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
 
 def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypatch):
     """Why the guard exists: transformers only hides a NaN loss from its logs, and the weights turn to NaN."""
-    import titlegen.recipes.train
 
     monkeypatch.setattr(titlegen.modeling, "build_model", inject_nan_at_training_forward(3))
     monkeypatch.setattr("titlegen.callbacks.NonFiniteLossGuard.on_pre_optimizer_step", lambda *a, **k: None)
@@ -102,7 +103,6 @@ def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypat
 
 
 def test_a_time_budget_stops_training_and_evaluates_the_last_step(tmp_path):
-    from titlegen.callbacks import TrainingTimeBudget
 
     run = tmp_path / "run"
     budget = TrainingTimeBudget(minutes=0.0)  # spent by the first step

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from titlegen import TitlegenError
+from titlegen import TitlegenError, cli
 from titlegen.config import (
     parse_args,
     resolved_config,
@@ -11,7 +11,7 @@ from titlegen.config import (
 )
 from titlegen.corpus import expand_data_dir
 from titlegen.modeling import build_model
-from titlegen.recipes import predict, train
+from titlegen.recipes import compare, predict, serve, train
 from titlegen.rl import config as rl_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,8 +110,6 @@ def test_offline_lora_targets_layers_the_offline_model_has(tokenizer):
 
 def command_settings() -> dict[str, tuple[type, ...]]:
     """The settings of every command that takes a --config or flags."""
-    from titlegen import cli
-    from titlegen.recipes import compare, serve
 
     return {
         "titlegen-train": train.settings(),

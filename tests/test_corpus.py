@@ -8,8 +8,10 @@ import pytest
 from transformers import Seq2SeqTrainingArguments
 
 from titlegen import TitlegenError
-from titlegen.config import DataArguments, ModelArguments, RunArguments, load_config_file
-from titlegen.corpus import DATA_ENV, OPENCC, SHA256, data_dir, download, lcsts_records, main, traditional
+from titlegen.arguments import DataArguments, ModelArguments, RunArguments
+from titlegen.cli import data_main
+from titlegen.config import load_config_file
+from titlegen.corpus import DATA_ENV, OPENCC, SHA256, data_dir, download, lcsts_records, traditional
 from titlegen.data import write_jsonl
 
 from .conftest import ROOT, real_data
@@ -52,7 +54,7 @@ def test_written_files_equal_the_development_copy(source, tmp_path, capsys, monk
     # Without OpenCC here (the Traditional Chinese of all 10k pairs takes most of a minute): it is checked below.
     monkeypatch.setitem(sys.modules, "opencc", None)
     out = tmp_path / "data"
-    assert main(["--source", str(source), "--output_dir", str(out)]) == 0
+    assert data_main(["--source", str(source), "--output_dir", str(out)]) == 0
     written = sorted(p.relative_to(out) for p in out.rglob("*.jsonl"))
     expected = ["adl-news/sample_submission.jsonl", "adl-news/sample_test.jsonl"]
     expected += [f"lcsts/{split}.zh-cn.jsonl" for split in ("test", "train", "validation")]
@@ -84,7 +86,7 @@ def test_a_file_that_fails_its_checksum_is_refused(source, tmp_path):
 
 def test_no_network_is_one_clear_line(tmp_path, capsys):
     # Port 9 of the loopback address: refused at once, as a download is where there is no network.
-    assert main(["--source", "http://127.0.0.1:9/lcsts", "--output_dir", str(tmp_path)]) == 2
+    assert data_main(["--source", "http://127.0.0.1:9/lcsts", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read http://127.0.0.1:9/lcsts/train.tsv") and "--source FOLDER" in err
     assert err.count("\n") == 1

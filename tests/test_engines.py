@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from titlegen import TitlegenError
-from titlegen.engines import EXPORT_MARKER, TransformersEngine, load_engine, resolve_backend
+from titlegen.backends import EXPORT_MARKER, resolve_backend
+from titlegen.cli import export_main
+from titlegen.engines import TransformersEngine, load_engine
 from titlegen.engines.ct2 import (
     CT2Engine,
     choose_compute_type,
@@ -17,9 +19,14 @@ from titlegen.engines.ct2 import (
     safe_compute_type,
     scales_decoder_outputs,
 )
-from titlegen.modeling import build_model, load_model, load_tokenizer, new_model_config, untie_output_layer
+from titlegen.generation import title_generation_config
+from titlegen.lora import add_lora
+from titlegen.model_folder import load_model, load_tokenizer, trained_settings
+from titlegen.modeling import build_model, new_model_config, untie_output_layer
+from titlegen.prune import prune_vocabulary
 from titlegen.recipes.compare import compare
 from titlegen.recipes.predict import predict
+from titlegen.recipes.train import train
 from titlegen.strategies import STRATEGIES, decoding_arguments
 
 from .conftest import ARTICLES, TINY_MODEL, read_lines
@@ -158,7 +165,6 @@ def test_int8_titles_are_titles(exports, float32):
 
 
 def test_titles_hold_no_broken_characters(float32, exports):
-    from titlegen.modeling import load_tokenizer
 
     tokenizer = load_tokenizer(str(exports["float32"]))
     ids = [tokenizer(text).input_ids for text in TEXTS]
@@ -208,7 +214,6 @@ def test_article_tokens_only_keeps_to_the_articles_tokens(float32, reference):
 
 
 def test_a_models_own_article_tokens_only_is_its_default(model_dir, float32, tmp_path):
-    from titlegen.generation import title_generation_config
 
     export_model(model_dir, tmp_path / "export", quantization="float32")
     # As tiny_offline.yaml's models save it.
@@ -390,8 +395,6 @@ def test_compare_refuses_seeded_sampling_before_any_work_and_runs_a_grid(exports
 
 
 def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_path):
-    from titlegen.lora import add_lora
-    from titlegen.prune import prune_vocabulary
 
     torch.manual_seed(1)
     adapter = add_lora(load_model(str(model_dir)), r=2)
@@ -413,8 +416,6 @@ def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_
 
 
 def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkeypatch):
-    from titlegen.config import trained_settings
-    from titlegen.recipes.train import train
 
     from .conftest import tiny_train_args
 
@@ -427,7 +428,7 @@ def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkey
     assert len(calls) == 2, "the evaluation and the final prediction, a batch each"
     assert "eval_rouge-l" in json.loads((run / "eval_results.json").read_text())
     titles = [r["title"] for r in read_lines(run / "eval_predictions.jsonl")]
-    max_source_length = trained_settings(str(run))["max_source_length"]
+    max_source_length = trained_settings(str(run)).max_source_length
     expected = TransformersEngine(str(run)).generate_titles(
         [r["maintext"] for r in RECORDS], progress=False, max_source_length=max_source_length
     )
@@ -439,8 +440,6 @@ def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkey
 def test_export_command(model_dir, tmp_path, capsys):
     import subprocess
     import sys
-
-    from titlegen.cli import export_main
 
     from .conftest import ROOT
 
@@ -457,7 +456,6 @@ def test_export_command(model_dir, tmp_path, capsys):
 
 
 def test_evaluation_with_ctranslate2_merges_lora_adapters(trained_dir, tmp_path):
-    from titlegen.recipes.train import train
 
     from .conftest import tiny_train_args
 

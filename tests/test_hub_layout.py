@@ -18,7 +18,7 @@ import torch
 
 from titlegen.cli import export_main, merge_main, prune_vocab_main
 from titlegen.data import normalize_text
-from titlegen.modeling import load_model, load_tokenizer
+from titlegen.model_folder import load_model, load_tokenizer
 from titlegen.recipes.compare import main as compare_main
 from titlegen.recipes.predict import main as predict_main
 from titlegen.recipes.rl import main as rl_main

@@ -13,7 +13,8 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 from titlegen import TitlegenError
 from titlegen.cli import merge_main
 from titlegen.lora import add_lora
-from titlegen.modeling import count_parameters, load_model
+from titlegen.model_folder import load_model
+from titlegen.modeling import count_parameters
 from titlegen.recipes.predict import predict
 from titlegen.recipes.train import train
 

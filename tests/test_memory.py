@@ -15,6 +15,7 @@ from transformers import (
     Seq2SeqTrainingArguments,
 )
 
+import titlegen.engines
 from titlegen import TitlegenError
 from titlegen.cli import estimate_main
 from titlegen.memory import estimate_training_memory, is_out_of_memory
@@ -259,12 +260,10 @@ def test_out_of_memory_in_evaluation_suggests_a_smaller_generation_batch(tmp_pat
 
 
 def test_out_of_memory_in_prediction_suggests_smaller_batches(trained_dir, tmp_path, monkeypatch, capsys):
-    import titlegen.generation
-
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes")
 
-    monkeypatch.setattr(titlegen.generation, "generate_titles", out_of_memory)
+    monkeypatch.setattr(titlegen.engines, "generate_titles", out_of_memory)
     argv = ["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "p.jsonl"),
             "--num_beams", "4"]  # fmt: skip
     assert predict_main(argv) == 2

@@ -4,15 +4,8 @@ import pytest
 import torch
 
 from titlegen import TitlegenError
-from titlegen.modeling import (
-    build_model,
-    count_parameters,
-    freeze_embeddings,
-    freeze_encoder,
-    load_model,
-    load_tokenizer,
-    untie_output_layer,
-)
+from titlegen.model_folder import load_model, load_tokenizer
+from titlegen.modeling import build_model, count_parameters, freeze_embeddings, freeze_encoder, untie_output_layer
 
 SMALL = "d_model=256,d_kv=32,d_ff=512,num_heads=4,num_layers=2,num_decoder_layers=2"
 

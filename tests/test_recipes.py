@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from titlegen.generation import generate_titles
+from titlegen.recipes.predict import main as predict_main
 from titlegen.recipes.predict import predict
 from titlegen.recipes.train import main as train_main
 from titlegen.recipes.train import train
@@ -103,7 +104,6 @@ def test_run_sh_without_arguments_prints_usage():
 def test_predict_refuses_to_overwrite_its_input(trained_dir, tmp_path, capsys):
     copy = tmp_path / "in.jsonl"
     copy.write_bytes(ARTICLES.read_bytes())
-    from titlegen.recipes.predict import main as predict_main
 
     assert predict_main(["--model", str(trained_dir), "--input", str(copy), "--output", str(copy)]) == 2
     assert "the output file is the input file" in capsys.readouterr().err

@@ -19,9 +19,10 @@ import pytest
 from titlegen import TitlegenError
 from titlegen.config import parse_args
 from titlegen.data import read_jsonl
+from titlegen.engines.ct2 import export_model
 from titlegen.recipes.predict import predict
-from titlegen.recipes.serve import build_app, settings
-from titlegen.serving.engine import ServedModel
+from titlegen.recipes.serve import build_app, main, settings
+from titlegen.serving.served_model import ServedModel
 from titlegen.serving.server import listen
 
 from .conftest import ARTICLES, ROOT, read_lines, subprocess_env
@@ -352,7 +353,6 @@ def test_sigterm_lets_the_requests_in_flight_finish(trained_dir):
 
 
 def test_a_port_in_use_and_bad_settings_are_one_line_errors(trained_dir, capsys):
-    from titlegen.recipes.serve import main
 
     with contextlib.closing(listen("127.0.0.1", 0)) as taken:
         taken.listen()
@@ -394,7 +394,6 @@ def test_a_failing_generate_call_fails_its_requests_only(trained_dir, monkeypatc
 
 
 def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_path):
-    from titlegen.engines.ct2 import export_model
 
     export = tmp_path / "export"
     export_model(trained_dir, export, quantization="float32")

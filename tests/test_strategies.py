@@ -6,7 +6,7 @@ from transformers import GenerationConfig
 from transformers.generation.configuration_utils import GenerationMode
 
 from titlegen import TitlegenError
-from titlegen.config import DecodingArguments
+from titlegen.arguments import DecodingArguments
 from titlegen.strategies import (
     DEFAULT_GRID,
     STRATEGIES,

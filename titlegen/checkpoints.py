@@ -1,4 +1,6 @@
-"""Checkpoints of the training recipes: which ones a run can resume from, and titlegen-rl's own.
+"""A training run's folder and its checkpoints: which ones a run can resume from, and titlegen-rl's own.
+
+`prepare_run_dir` checks a run's output_dir before any work and finds the checkpoint to resume from.
 
 transformers' Trainer (titlegen-train) writes ``checkpoint-N`` in place, file after file: the model, the
 optimizer and scheduler, the random states, and ``trainer_state.json`` last (process 0 writes it after its
@@ -17,6 +19,10 @@ import logging
 import re
 import shutil
 from pathlib import Path
+
+from titlegen import TitlegenError
+from titlegen.data import atomic_output_dir, write_json
+from titlegen.outputs import check_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -116,8 +122,6 @@ def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: 
     import torch
     from safetensors.torch import save_file
 
-    from titlegen.data import atomic_output_dir, write_json
-
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     with atomic_output_dir(final) as tmp:  # the folder appears complete or not at all
         save_file(trainable_state(model), tmp / _RL_WEIGHTS)
@@ -152,3 +156,30 @@ def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:
     scheduler.load_state_dict(saved["scheduler"])
     torch.set_rng_state(saved["torch_rng"])
     return json.loads((path / _RL_STATE).read_text(encoding="utf-8"))
+
+
+def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool = True) -> Path | None:
+    """Checks a training run's output_dir, and finds the checkpoint to resume from.
+
+    Without `resume`, a folder holding anything but TensorBoard logs (``runs/``) is an earlier run and is
+    refused. With it, the latest complete checkpoint is returned (None when there is none) and, on the
+    main process, the checkpoints left incomplete are removed.
+    """
+    output_dir = Path(output_dir)
+    check_output_folder(output_dir, "the run")
+    if not output_dir.is_dir():
+        return None
+    if resume:
+        last = last_complete_checkpoint(output_dir)
+        if is_main_process:
+            remove_incomplete_checkpoints(output_dir)
+        if last is None:
+            logger.info("no complete checkpoint in %s: starting from the beginning", output_dir)
+        else:
+            logger.info("resuming from %s", last)
+        return last
+    if any(p.name != "runs" for p in output_dir.iterdir()):
+        raise TitlegenError(
+            f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"
+        )
+    return None

@@ -1,4 +1,5 @@
-"""The tools beside the recipes: scoring, tokenizers, merging, pruning, plotting and memory estimates.
+"""The tools beside the recipes: scoring, tokenizers, merging, pruning, plotting, memory estimates, export,
+the data download and the demo's table.
 
 Each is a command (``titlegen-eval``, ...) with the same settings parser, errors and exit statuses as the recipes
 (`titlegen.lifecycle`); the recipes themselves are in ``titlegen/recipes/``.
@@ -7,17 +8,32 @@ Each is a command (``titlegen-eval``, ...) with the same settings parser, errors
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.engines import DEFAULT_QUANTIZATION, QUANTIZATIONS
+from titlegen.arguments import DataArguments, ModelArguments, RunArguments
+from titlegen.backends import DEFAULT_QUANTIZATION, QUANTIZATIONS
+from titlegen.config import parse_args, settings_from
+from titlegen.corpus import DATA_ENV, default_download_dir, download
+from titlegen.data import read_jsonl
+from titlegen.engines.ct2 import export_model
 from titlegen.lifecycle import run_command
+from titlegen.lora import merge_adapter
+from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
+from titlegen.metrics import get_segmenter, tw_rouge
+from titlegen.model_folder import trained_settings
+from titlegen.outputs import check_writable_folder
+from titlegen.plotting import plot_learning_curves, read_log_history
+from titlegen.prune import prune_vocabulary
+from titlegen.recipes.train import settings as train_settings
+from titlegen.showcase import showcase
+from titlegen.tokenizer import train_tokenizer
 
 
 def _evaluate(argv: Sequence[str] | None) -> dict:
-    from titlegen.config import RunArguments, parse_args, settings_from
 
     segmenter = settings_from(RunArguments, ["segmenter"], segmenter="auto")
     args, scoring = parse_args(
@@ -29,8 +45,6 @@ def _evaluate(argv: Sequence[str] | None) -> dict:
         "`python -c \"from ckiptagger import data_utils; data_utils.download_data_gdown('DIR')\"`, then pass "
         "--ckip_data DIR/data or set TITLEGEN_CKIP_DATA.",
     )
-    from titlegen.data import read_jsonl
-    from titlegen.metrics import get_segmenter, tw_rouge
 
     references = read_jsonl(args.reference, fields=("id", "title"))
     predictions = {
@@ -72,7 +86,6 @@ class TextColumns:
 
 
 def _corpus(files: Sequence[str], columns: Sequence[str]) -> list[str]:
-    from titlegen.data import read_jsonl
 
     return [r[c] for path in files for r in read_jsonl(path, fields=columns) for c in columns]
 
@@ -86,7 +99,6 @@ class TokenizerFiles:
 
 
 def _train_tokenizer(argv: Sequence[str] | None) -> None:
-    from titlegen.config import ModelArguments, parse_args, settings_from
 
     tokenizer_settings = settings_from(ModelArguments, ["tokenizer_vocab_size", "tokenizer_type"])
     files, text, settings = parse_args(
@@ -94,8 +106,6 @@ def _train_tokenizer(argv: Sequence[str] | None) -> None:
         argv,
         description="Train a SentencePiece tokenizer (mT5 conventions, byte fallback) on jsonl text.",
     )
-    from titlegen.lifecycle import check_writable_folder
-    from titlegen.tokenizer import train_tokenizer
 
     check_writable_folder(files.output_dir, files.output_dir)
     texts = _corpus(files.files, text.columns)
@@ -121,7 +131,6 @@ class MergeArguments:
 
 
 def _merge(argv: Sequence[str] | None) -> None:
-    from titlegen.config import parse_args
 
     (args,) = parse_args(
         (MergeArguments,),
@@ -129,7 +138,6 @@ def _merge(argv: Sequence[str] | None) -> None:
         description="Merge a LoRA adapter (the output_dir of a use_lora run) into its base model, writing a plain "
         "checkpoint that loads with AutoModelForSeq2SeqLM.from_pretrained without peft.",
     )
-    from titlegen.lora import merge_adapter
 
     merge_adapter(args.adapter_dir, args.output_dir)
     print(f"wrote {args.output_dir}")
@@ -152,7 +160,6 @@ class PruneArguments:
 
 
 def _prune_vocab(argv: Sequence[str] | None) -> dict:
-    from titlegen.config import DataArguments, parse_args, settings_from, trained_settings
 
     prefix = settings_from(
         DataArguments, ["source_prefix"], note="Default: as the model was trained.", source_prefix=None
@@ -163,10 +170,9 @@ def _prune_vocab(argv: Sequence[str] | None) -> dict:
         description="Shrink a T5/mT5 model and its SentencePiece tokenizer to the tokens a corpus uses. Text "
         "segmented with kept tokens only gets the same tokens and the same logits as with the original model.",
     )
-    from titlegen.prune import prune_vocabulary
 
     texts = _corpus(args.corpus, text.columns)
-    source_prefix = trained_settings(args.model_name_or_path, preprocessing)["source_prefix"]
+    source_prefix = trained_settings(args.model_name_or_path, preprocessing).source_prefix
     sizes = prune_vocabulary(args.model_name_or_path, texts, args.output_dir, source_prefix)
     (vocab_before, vocab_after), (params_before, params_after) = sizes["vocab_size"], sizes["parameters"]
     print(
@@ -194,14 +200,12 @@ class PlotArguments:
 
 
 def _plot(argv: Sequence[str] | None) -> None:
-    from titlegen.config import parse_args
 
     (args,) = parse_args(
         (PlotArguments,),
         argv,
         description="Plot a training run's learning curves (loss, and evaluation ROUGE-1/2/L) against the step.",
     )
-    from titlegen.plotting import plot_learning_curves, read_log_history
 
     output = args.output or str(Path(args.run_dir) / "learning_curves.png")
     plot_learning_curves(read_log_history(args.run_dir), output, title=str(args.run_dir))
@@ -214,12 +218,8 @@ def plot_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _estimate(argv: Sequence[str] | None) -> None:
-    from titlegen.config import parse_args
-    from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
-    from titlegen.recipes.train import settings
-
     model_args, lora_args, data_args, _, training_args = parse_args(
-        settings(),
+        train_settings(),
         argv,
         description="Estimate the peak memory of one training step of a config, per device, without "
         "loading the model's weights. Takes the same --config and flags as titlegen-train.",
@@ -262,7 +262,6 @@ class ExportArguments:
 
 
 def _export(argv: Sequence[str] | None) -> dict:
-    from titlegen.config import parse_args
 
     (args,) = parse_args(
         (ExportArguments,),
@@ -272,7 +271,6 @@ def _export(argv: Sequence[str] | None) -> dict:
         "decode the folder with CTranslate2. The export's log-probabilities are checked against the model's "
         "before it is written.",
     )
-    from titlegen.engines.ct2 import export_model
 
     info = export_model(args.model_name_or_path, args.output_dir, args.quantization)
     print(
@@ -285,3 +283,73 @@ def _export(argv: Sequence[str] | None) -> dict:
 def export_main(argv: Sequence[str] | None = None) -> int:
     """``titlegen-export MODEL_DIR -o OUT [--quantization int8|...]``: a CTranslate2 model titlegen can decode."""
     return run_command(_export, argv)
+
+
+@dataclass
+class DataCommandArguments:
+    """The folders of titlegen-data."""
+
+    output_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Folder to write (default: ${DATA_ENV}, else {default_download_dir()}).", "aliases": ["-o"]},
+    )
+    source: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder or URL with the original files (train.tsv, val.tsv, test.tsv, sample_test.jsonl, "
+            "sample_submission.jsonl), e.g. a local copy; default: their public repositories at pinned commits."
+        },
+    )
+
+
+def data_main(argv: Sequence[str] | None = None) -> int:
+    """titlegen-data: LCSTS and the course sample (`titlegen.corpus`)."""
+    return run_command(_data, argv)
+
+
+def _data(argv: Sequence[str] | None) -> None:
+    (args,) = parse_args(
+        (DataCommandArguments,),
+        argv,
+        description="Download LCSTS PART_II and the course's sample articles, check them against pinned SHA-256 "
+        "sums and write the data folder that the configs and `make demo` read (lcsts/*.jsonl, adl-news/*.jsonl). "
+        f"Then point titlegen at it: export {DATA_ENV}=OUTPUT_DIR (or make ... DATA=OUTPUT_DIR); the default "
+        "output folder is also where titlegen looks when neither is set.",
+    )
+    output_dir = Path(args.output_dir or os.environ.get(DATA_ENV) or default_download_dir())
+    try:
+        written = download(output_dir, args.source)
+    except OSError as err:
+        raise TitlegenError(f"{err.filename or output_dir}: cannot write ({err.strerror})") from err
+    for path in written:
+        print(path)
+
+
+@dataclass
+class ShowcaseArguments:
+    """The files and the size of the demo's table."""
+
+    articles: str = field(metadata={"help": "jsonl with id and maintext."})
+    references: str = field(metadata={"help": "jsonl with id and title (the answers)."})
+    predictions: str = field(metadata={"help": "jsonl with id and title (the model's)."})
+    rows: int = field(default=5, metadata={"help": "Articles shown in the table.", "min": 1})
+    segmenters: list[str] = field(
+        default_factory=lambda: ["char", "auto"], metadata={"help": "tw_rouge segmenters to score with."}
+    )
+
+
+def showcase_main(argv: Sequence[str] | None = None) -> int:
+    """titlegen-showcase: the demo's table (`titlegen.showcase`)."""
+    return run_command(_showcase, argv)
+
+
+def _showcase(argv: Sequence[str] | None) -> None:
+    (args,) = parse_args(
+        (ShowcaseArguments,),
+        argv,
+        description="What a run's titles look like next to their references: the end of `make demo`.",
+    )
+    articles = read_jsonl(args.articles, fields=("id", "maintext"))
+    references = read_jsonl(args.references, fields=("id", "title"))
+    predictions = read_jsonl(args.predictions, fields=("id", "title"), may_be_empty=("title",))
+    print(showcase(articles, references, predictions, args.rows, args.segmenters))

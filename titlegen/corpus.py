@@ -21,11 +21,10 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.data import atomic_write_bytes, write_jsonl
 
 DATA_ENV = "TITLEGEN_DATA"
 DATA_PLACEHOLDER = "${" + DATA_ENV + "}"
@@ -139,7 +138,6 @@ def download(output_dir: str | Path, source: str | None = None) -> list[Path]:
             (``train.tsv``, ``val.tsv``, ``test.tsv``, ``sample_test.jsonl``, ``sample_submission.jsonl``).
             By default, the pinned commits of their public repositories.
     """
-    from titlegen.data import atomic_write_bytes, write_jsonl
 
     originals = {name: fetch(name, source or (LCSTS_URL if name.endswith(".tsv") else COURSE_URL)) for name in SHA256}
     output_dir = Path(output_dir)
@@ -165,46 +163,3 @@ def download(output_dir: str | Path, source: str | None = None) -> list[Path]:
     if opencc is None:
         print(f"note: no Traditional Chinese files (zh-tw), which the configs train on: pip install '{OPENCC}'")
     return written
-
-
-@dataclass
-class DataCommandArguments:
-    """The folders of titlegen-data."""
-
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": f"Folder to write (default: ${DATA_ENV}, else {default_download_dir()}).", "aliases": ["-o"]},
-    )
-    source: str | None = field(
-        default=None,
-        metadata={
-            "help": "Folder or URL with the original files (train.tsv, val.tsv, test.tsv, sample_test.jsonl, "
-            "sample_submission.jsonl), e.g. a local copy; default: their public repositories at pinned commits."
-        },
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.lifecycle import run_command
-
-    return run_command(_main, argv)
-
-
-def _main(argv: Sequence[str] | None) -> None:
-    from titlegen.config import parse_args
-
-    (args,) = parse_args(
-        (DataCommandArguments,),
-        argv,
-        description="Download LCSTS PART_II and the course's sample articles, check them against pinned SHA-256 "
-        "sums and write the data folder that the configs and `make demo` read (lcsts/*.jsonl, adl-news/*.jsonl). "
-        f"Then point titlegen at it: export {DATA_ENV}=OUTPUT_DIR (or make ... DATA=OUTPUT_DIR); the default "
-        "output folder is also where titlegen looks when neither is set.",
-    )
-    output_dir = Path(args.output_dir or os.environ.get(DATA_ENV) or default_download_dir())
-    try:
-        written = download(output_dir, args.source)
-    except OSError as err:
-        raise TitlegenError(f"{err.filename or output_dir}: cannot write ({err.strerror})") from err
-    for path in written:
-        print(path)

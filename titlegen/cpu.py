@@ -1,6 +1,6 @@
-"""Process-wide CPU settings that training and generation run faster with.
+"""The process's set-up: seeds, and the process-wide CPU settings that training and generation run faster with.
 
-Each is a switch of `titlegen.config.RuntimeArguments`; bench/README.md measures what each one gains.
+Each CPU setting is a switch of `titlegen.arguments.RunArguments`; bench/README.md measures what each one gains.
 """
 
 from __future__ import annotations
@@ -40,3 +40,19 @@ def keep_freed_memory_in_process() -> bool:
     libc = ctypes.CDLL(None)  # the C library the interpreter runs on
     m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameters, from glibc's malloc.h
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def configure_process(seed: int, flush_denormal: bool = True, keep_freed_memory: bool = False) -> str:
+    """Seeds every random generator and applies the CPU switches when there is no GPU.
+
+    Returns:
+        The device to run on: ``cuda`` or ``cpu``.
+    """
+    import torch
+    from transformers import set_seed
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        configure_cpu(flush_denormal, keep_freed_memory)
+    set_seed(seed)
+    return device

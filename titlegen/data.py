@@ -215,3 +215,19 @@ def atomic_output_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_training_data(data_args, seed: int) -> tuple[list[dict], list[dict]]:
+    """The training and validation records of a training run, validated, cut to max_train/eval_samples.
+
+    Without a validation_file, a seeded `validation_split_percentage` of train_file is held out.
+    """
+    columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
+    if not data_args.train_file:
+        raise TitlegenError("train_file is not set (in the config or as --train_file)")
+    train = read_jsonl(data_args.train_file, fields=columns, id_field=data_args.id_column)
+    if data_args.validation_file:
+        validation = read_jsonl(data_args.validation_file, fields=columns, id_field=data_args.id_column)
+    else:
+        train, validation = split_records(train, data_args.validation_split_percentage, seed)
+    return train[: data_args.max_train_samples], validation[: data_args.max_eval_samples]

@@ -401,3 +401,26 @@ def article_seeded_sampling(config, seeds: Sequence[int]) -> dict | None:
         "min_p": None,
         "logits_processor": LogitsProcessorList([*warpers, ArticleSeededSampling(seeds)]),
     }
+
+
+def title_decoding(model, run_args, data_args, num_beams: int | None):
+    """How a training run's model writes titles, in evaluation and as its saved default: a generation config
+    (`titlegen.generation.title_generation_config`) of at most ``generation_max_new_tokens`` tokens (else
+    ``max_target_length``).
+
+    Each setting of `run_args` (``generation_article_tokens_only``, ``generation_no_loops``) and `num_beams`
+    that is None is taken from the model's own generation config: a
+    model trained to be decoded with beams, or with a guard, is fine-tuned and saved to be decoded so.
+    """
+    config = model.generation_config
+
+    def either(setting, own):
+        return own if setting is None else setting
+
+    return title_generation_config(
+        model,
+        run_args.generation_max_new_tokens or data_args.max_target_length,
+        num_beams=either(num_beams, config.num_beams or 1),
+        article_tokens_only=either(run_args.generation_article_tokens_only, is_article_tokens_only(config)),
+        no_loops=either(run_args.generation_no_loops, is_no_loops(config)),
+    )

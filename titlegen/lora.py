@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.data import atomic_output_dir
+from titlegen.model_folder import ADAPTER_CONFIG, load_model, load_tokenizer
 
 ATTENTION_MODULES = ("q", "k", "v", "o")  # mT5's attention projections; its feed-forward layers: wi_0, wi_1, wo
 
@@ -61,8 +63,6 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> None:
     The folder also gets the adapter folder's tokenizer, generation settings and run_config.yaml, so
     that titlegen-predict treats both alike. It is written atomically, and never over an existing one.
     """
-    from titlegen.data import atomic_output_dir
-    from titlegen.modeling import ADAPTER_CONFIG, load_model, load_tokenizer
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_CONFIG).is_file():

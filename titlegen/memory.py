@@ -20,6 +20,9 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 from titlegen import TitlegenError
+from titlegen.checkpoints import last_complete_checkpoint
+from titlegen.model_folder import load_config
+from titlegen.modeling import adapt_for_training, new_model_config, untie_output_layer
 
 GIB = 2**30
 FP32, BF16 = 4, 2
@@ -237,15 +240,6 @@ def meta_model(model_args, lora_args):
     import torch
     from transformers import AutoModelForSeq2SeqLM, PretrainedConfig
 
-    from titlegen.lora import add_lora
-    from titlegen.modeling import (
-        freeze_embeddings,
-        freeze_encoder,
-        load_config,
-        new_model_config,
-        untie_output_layer,
-    )
-
     if model_args.model_name_or_path:
         config = load_config(model_args.model_name_or_path, model_args.cache_dir)
         saved, _ = PretrainedConfig.get_config_dict(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
@@ -261,14 +255,7 @@ def meta_model(model_args, lora_args):
             # google/mt5-small keeps its output layer apart, and from_pretrained loads it so, although
             # MT5Config always says tie_word_embeddings=True; its config.json says false.
             untie_output_layer(model)
-        if model_args.freeze_encoder:
-            freeze_encoder(model)
-        if model_args.freeze_embeddings:
-            freeze_embeddings(model)
-        if lora_args.use_lora:
-            model = add_lora(
-                model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
-            )
+        model = adapt_for_training(model, lora_args, model_args.freeze_encoder, model_args.freeze_embeddings)
     return model
 
 
@@ -325,7 +312,6 @@ def training_advice(trainer, data_args) -> str:
         trainer: The trainer; whether its model was in training mode tells training from evaluation.
         data_args: The run's `DataArguments` (sequence lengths).
     """
-    from titlegen.checkpoints import last_complete_checkpoint
 
     args, model = trainer.args, trainer.model
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")

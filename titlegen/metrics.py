@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.generation import decode_titles
 
 SEGMENTERS = ("ckip", "jieba", "char", "auto")
 ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
@@ -197,8 +198,6 @@ def build_compute_metrics(
         spans: Each evaluation article's copy-slot spans, for a tokenizer that has copy slots.
     """
     import numpy as np
-
-    from titlegen.generation import decode_titles
 
     def compute_metrics(eval_pred) -> dict[str, float]:
         preds = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions

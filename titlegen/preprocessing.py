@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Collection, Sequence
 
 from titlegen import TitlegenError
 from titlegen.data import normalize_text
 from titlegen.spans import encode_articles, encode_title, uses_slots
+
+logger = logging.getLogger(__name__)
 
 
 def source_texts(articles: list[str], source_prefix: str = "") -> list[str]:
@@ -124,3 +127,42 @@ def clause_end_arguments(tokenizer) -> dict:
     """`lead_pairs` arguments that end targets at a clause: the ids of `CLAUSE_ENDS` in `tokenizer`'s vocabulary."""
     vocab = tokenizer.get_vocab()
     return {"clause_ends": {vocab[c] for c in CLAUSE_ENDS if c in vocab}, "min_target_length": MIN_CLAUSE_TARGET}
+
+
+def run_tokenize_fn(tokenizer, data_args) -> Callable[[dict], dict]:
+    """`make_tokenize_fn` with a run's `titlegen.arguments.DataArguments`: its columns, lengths and prefix."""
+    return make_tokenize_fn(
+        tokenizer,
+        data_args.text_column,
+        data_args.summary_column,
+        data_args.max_source_length,
+        data_args.max_target_length,
+        data_args.source_prefix,
+    )
+
+
+def training_features(tokenizer, data_args, train_records: list[dict], eval_records: list[dict], seed: int):
+    """The training and validation datasets of a training run: tokenized pairs, and the article-lead pairs that
+    ``lead_pairs`` asks for added to the training ones.
+
+    Returns:
+        ``(train_dataset, eval_dataset)``.
+    """
+    from datasets import concatenate_datasets
+
+    columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
+    tokenize = run_tokenize_fn(tokenizer, data_args)
+    train_dataset = to_features(train_records, columns, tokenize, desc="tokenizing train")
+    eval_dataset = to_features(eval_records, columns, tokenize, desc="tokenizing validation")
+    if data_args.lead_pairs:
+        leads = lead_pairs(
+            train_dataset,
+            data_args.lead_pairs,
+            max_target_length=data_args.max_target_length,
+            eos_token_id=tokenizer.eos_token_id,
+            seed=seed,
+            **(clause_end_arguments(tokenizer) if data_args.lead_pairs_clause_end else {}),
+        )
+        logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
+        train_dataset = concatenate_datasets([train_dataset, leads])
+    return train_dataset, eval_dataset

@@ -20,6 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from titlegen import TitlegenError
+from titlegen.data import atomic_output_dir, normalize_text, write_json
+from titlegen.model_folder import load_model, load_tokenizer
+from titlegen.modeling import count_parameters
+from titlegen.preprocessing import source_texts
+from titlegen.spans import SLOT_TOKENS
 
 PRUNED_VOCAB_FILE = "pruned_vocab.json"  # written next to the pruned model: sizes and the old id of every new id
 SUPPORTED_MODEL_TYPES = ("t5", "mt5")
@@ -35,9 +40,6 @@ def kept_token_ids(tokenizer, texts: Iterable[str], source_prefix: str = "") -> 
         source_prefix: The prefix the model's articles get; its tokens are kept too, also where they
             merge with the start of a text.
     """
-    from titlegen.data import normalize_text
-    from titlegen.preprocessing import source_texts
-    from titlegen.spans import SLOT_TOKENS
 
     texts = [normalize_text(t) for t in texts]
     if source_prefix:
@@ -146,8 +148,6 @@ def prune_vocabulary(model_dir: str, texts: Iterable[str], output_dir: str | Pat
     Returns:
         The sizes: ``vocab_size`` and ``parameters``, each as ``[before, after]``.
     """
-    from titlegen.data import atomic_output_dir, write_json
-    from titlegen.modeling import count_parameters, load_model, load_tokenizer
 
     with atomic_output_dir(output_dir) as tmp:  # refuses an existing output before any work
         tokenizer = load_tokenizer(model_dir)

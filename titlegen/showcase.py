@@ -1,6 +1,6 @@
 """What a run's titles look like next to their references: the end of ``make demo``.
 
-    python -m titlegen.showcase --articles A.jsonl --references R.jsonl --predictions P.jsonl [--rows 5]
+    titlegen-showcase --articles A.jsonl --references R.jsonl --predictions P.jsonl [--rows 5]
 
 Prints a table of the first articles (their opening, the model's title, the reference), then tw_rouge of
 the model and of the lead baseline (each article's first characters) scored with the same segmenters, and
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+
+from titlegen import TitlegenError
+from titlegen.data import normalize_text
+from titlegen.metrics import f100, get_segmenter, tw_rouge
 
 LEAD = 30  # characters of the lead baseline (about the course's mean title length)
 OPENING = 36  # characters of each article shown in the table
@@ -19,7 +22,6 @@ OPENING = 36  # characters of each article shown in the table
 
 def lead(articles: Sequence[str], n: int = LEAD) -> list[str]:
     """The lead baseline: the first `n` characters of each article (whitespace collapsed)."""
-    from titlegen.data import normalize_text
 
     return [normalize_text(a)[:n] for a in articles]
 
@@ -32,9 +34,6 @@ def lengths(titles: Sequence[str]) -> str:
 
 def showcase(articles: list[dict], references: list[dict], predictions: list[dict], rows: int, segmenters) -> str:
     """The report, as text. Records pair up by id; all three files must hold the same ids."""
-    from titlegen import TitlegenError
-    from titlegen.data import normalize_text
-    from titlegen.metrics import f100, get_segmenter, tw_rouge
 
     title_of = {r["id"]: r["title"] for r in references}
     predicted = {r["id"]: r["title"] for r in predictions}
@@ -68,38 +67,3 @@ def showcase(articles: list[dict], references: list[dict], predictions: list[dic
     used = ", ".join(f"{name}: {scorer.name}" for name, scorer in scorers.items())
     lines += ["", f"segmenters ({used})"]
     return "\n".join(lines)
-
-
-@dataclass
-class ShowcaseArguments:
-    """The files and the size of the demo's table."""
-
-    articles: str = field(metadata={"help": "jsonl with id and maintext."})
-    references: str = field(metadata={"help": "jsonl with id and title (the answers)."})
-    predictions: str = field(metadata={"help": "jsonl with id and title (the model's)."})
-    rows: int = field(default=5, metadata={"help": "Articles shown in the table.", "min": 1})
-    segmenters: list[str] = field(
-        default_factory=lambda: ["char", "auto"], metadata={"help": "tw_rouge segmenters to score with."}
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.lifecycle import run_command
-
-    return run_command(_main, argv)
-
-
-def _main(argv: Sequence[str] | None) -> None:
-    from titlegen.config import parse_args
-
-    (args,) = parse_args((ShowcaseArguments,), argv, description=__doc__.split("\n\n")[0])
-    from titlegen.data import read_jsonl
-
-    articles = read_jsonl(args.articles, fields=("id", "maintext"))
-    references = read_jsonl(args.references, fields=("id", "title"))
-    predictions = read_jsonl(args.predictions, fields=("id", "title"), may_be_empty=("title",))
-    print(showcase(articles, references, predictions, args.rows, args.segmenters))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from titlegen import TitlegenError
-from titlegen.config import DecodingArguments, check_range, setting_range
+from titlegen.arguments import DecodingArguments
+from titlegen.config import check_range, setting_range
+from titlegen.data import atomic_write_text
 from titlegen.generation import ARTICLE_TOKENS_ONLY, DEFAULT_TOP_K
 from titlegen.loops import NO_LOOPS
 
@@ -169,8 +171,6 @@ def load_grid(path: str | Path) -> list[dict[str, Any]]:
 def save_grid(path: str | Path, settings: list[dict[str, Any]]) -> None:
     """Writes a grid as a YAML list, one setting a line, atomically; `load_grid` reads it back."""
     import yaml
-
-    from titlegen.data import atomic_write_text
 
     atomic_write_text(
         path, yaml.safe_dump(list(settings), allow_unicode=True, sort_keys=False, default_flow_style=None)

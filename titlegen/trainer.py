@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from functools import partial
 
 from transformers import LogitsProcessorList, Seq2SeqTrainer
 
+from titlegen import TitlegenError
+from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
 from titlegen.characters import byte_piece_ids
+from titlegen.engines.ct2 import padded, training_engine
 from titlegen.generation import is_article_tokens_only, title_guards
 from titlegen.loops import is_no_loops
+from titlegen.loss import title_loss
+from titlegen.metrics import build_compute_metrics, get_segmenter
 
 
 class TitleTrainer(Seq2SeqTrainer):
     """A ``Seq2SeqTrainer`` that leaves the model's generation config as it was given, and keeps each title
     to its article's tokens when the config says ``article_tokens_only``, without loops when it says ``no_loops``, and
-    its byte pieces in whole characters (as ``generate_titles`` does).
+    its byte pieces in whole characters, decoding in float32 under mixed-precision training (as ``generate_titles``
+    does by default; see `_full_precision`).
 
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
@@ -44,7 +51,6 @@ class TitleTrainer(Seq2SeqTrainer):
         if self.generation_backend != "ct2" or not self.args.predict_with_generate or self._engine is not None:
             yield
             return
-        from titlegen.engines.ct2 import training_engine
 
         with training_engine(self.model, self.processing_class) as self._engine:
             try:
@@ -57,7 +63,8 @@ class TitleTrainer(Seq2SeqTrainer):
             return self._ct2_prediction_step(model, inputs, ignore_keys, **gen_kwargs)
         generation_config = self.model.generation_config
         chosen = copy.deepcopy(generation_config)
-        if self.args.predict_with_generate and not prediction_loss_only:
+        generating = self.args.predict_with_generate and not prediction_loss_only
+        if generating:
             processors = title_guards(  # self.model: `model` may be wrapped for distributed training
                 self.model,
                 inputs,
@@ -70,7 +77,8 @@ class TitleTrainer(Seq2SeqTrainer):
                 gen_kwargs = gen_kwargs or dict(getattr(self, "_gen_kwargs", {}))
                 gen_kwargs["logits_processor"] = LogitsProcessorList(processors)
         try:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
+            with _full_precision(self.model) if generating else contextlib.nullcontext():
+                return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys, **gen_kwargs)
         finally:
             # In place: under LoRA, self.model is a PeftModel that reads the base model's config.
             vars(generation_config).update(vars(chosen))
@@ -78,8 +86,6 @@ class TitleTrainer(Seq2SeqTrainer):
     def _ct2_prediction_step(self, model, inputs, ignore_keys, **gen_kwargs):
         """The loss from the model, the titles from its CTranslate2 export (padded token ids, as generate's)."""
         import torch
-
-        from titlegen.engines.ct2 import padded
 
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys)
         # Seq2SeqTrainer uses its own generate arguments only when given none.
@@ -91,3 +97,69 @@ class TitleTrainer(Seq2SeqTrainer):
         titles = padded(self._engine.generate_ids(articles, options, restrict), self.processing_class.pad_token_id)
         generated = torch.tensor(titles, dtype=torch.long, device=inputs["input_ids"].device)
         return loss, generated, inputs.get("labels")
+
+
+@contextlib.contextmanager
+def _full_precision(model):
+    """`model` with its own forward for the duration, not the mixed-precision one that accelerate put in its place.
+
+    Under ``bf16`` (or ``fp16``) accelerate's ``prepare_model`` replaces ``model.forward`` with one that runs under
+    autocast, and ``generate`` calls that forward at every decoding step (the encoder it calls directly, in float32):
+    evaluation then decoded in bfloat16 while ``generate_titles`` (titlegen-predict without ``--bf16``) decodes in
+    float32, and where two tokens scored within bfloat16's rounding the two chose differently. Evaluation now
+    decodes as titlegen-predict does by default; the loss of a batch evaluated with generation is computed in
+    float32 too. A model without the replacement (no mixed precision) is left as it is.
+    """
+    original = vars(model).get("_original_forward")  # set by accelerate beside the forward it replaces
+    if original is None or "forward" not in vars(model):
+        yield
+        return
+    mixed = vars(model)["forward"]
+    model.forward = original
+    try:
+        yield
+    finally:
+        model.forward = mixed
+
+
+def title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval_dataset, eval_spans, callbacks=()):
+    """The `TitleTrainer` of a training run: titlegen's loss, tw_rouge on each evaluation, and its callbacks.
+
+    Args:
+        model: The model to train, its generation config set (`titlegen.generation.title_decoding`).
+        tokenizer: Its tokenizer.
+        training_args: ``Seq2SeqTrainingArguments``.
+        run_args: `titlegen.arguments.RunArguments`: the segmenter, early stopping and evaluation backend.
+        train_dataset: Tokenized training pairs.
+        eval_dataset: Tokenized validation pairs.
+        eval_spans: The validation articles' copy-slot spans (None without copy slots), which turn generated
+            slots back into words and numbers.
+        callbacks: Extra ``TrainerCallback`` objects (e.g. a benchmark's timers).
+    """
+    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
+
+    if run_args.generation_backend == "ct2" and is_no_loops(model.generation_config):
+        raise TitlegenError(
+            "generation_backend ct2 cannot honour generation_no_loops (CTranslate2 has no per-title guard): "
+            "set generation_no_loops false, or generation_backend transformers"
+        )
+    callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
+    if run_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
+    compute_metrics = None
+    if training_args.predict_with_generate:
+        segmenter = get_segmenter(run_args.segmenter)
+        compute_metrics = build_compute_metrics(tokenizer, segmenter, num_samples=len(eval_dataset), spans=eval_spans)
+    return TitleTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
+        compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        generation_backend=run_args.generation_backend,
+    )

@@ -9,23 +9,20 @@ that of `titlegen.generation.generate_titles`: texts in, one title per text out 
   (`titlegen.generation`).
 * ``ct2``: a folder written by ``titlegen-export``, decoded by CTranslate2 (`titlegen.engines.ct2`).
 
-``auto`` (the default) tells them apart by the folder: an export holds ``titlegen_export.json``.
+``auto`` (the default) tells them apart by the folder (`titlegen.backends.resolve_backend`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 
 from titlegen import TitlegenError
-
-BACKENDS = ("auto", "transformers", "ct2")
-# Weight types titlegen-export writes (CTranslate2's names).
-QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "float16", "bfloat16", "float32")
-DEFAULT_QUANTIZATION = "int8"
-# Written into every CTranslate2 export by titlegen-export; a folder that holds it is decoded by CTranslate2.
-EXPORT_MARKER = "titlegen_export.json"
+from titlegen.backends import resolve_backend
+from titlegen.cpu import configure_process
+from titlegen.engines.ct2 import CT2Engine
+from titlegen.generation import generate_titles
+from titlegen.model_folder import load_model_folder
 
 
 class Engine(Protocol):
@@ -42,35 +39,6 @@ class Engine(Protocol):
     def check_decoding(self, seed: int | None = None, **generate_kwargs) -> None:
         """Raises `TitlegenError` for generate arguments this engine cannot honour, before any work."""
         ...
-
-
-def is_export(model_dir: str | Path) -> bool:
-    """Whether a folder is a CTranslate2 export written by ``titlegen-export``."""
-    return (Path(model_dir) / EXPORT_MARKER).is_file()
-
-
-def resolve_backend(model_name_or_path: str, backend: str = "auto") -> str:
-    """The backend that decodes a model folder: `backend`, or for ``auto`` the one the folder is made for.
-
-    Raises:
-        TitlegenError: for an unknown backend, or one that cannot read the folder.
-    """
-    if backend not in BACKENDS:
-        raise TitlegenError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    exported = is_export(model_name_or_path)
-    if backend == "auto":
-        return "ct2" if exported else "transformers"
-    if backend == "ct2" and not exported:
-        raise TitlegenError(
-            f"{model_name_or_path}: not a CTranslate2 export (it has no {EXPORT_MARKER}); "
-            f"write one with `titlegen-export {model_name_or_path} -o DIR` and decode DIR"
-        )
-    if backend == "transformers" and exported:
-        raise TitlegenError(
-            f"{model_name_or_path}: a CTranslate2 export, which transformers cannot load; use --backend ct2 "
-            "(or auto), or the model folder it was exported from"
-        )
-    return backend
 
 
 def load_engine(
@@ -96,8 +64,6 @@ def load_engine(
     if backend == "ct2":
         if bf16:
             raise TitlegenError("bf16 is a transformers setting; with the ct2 backend, choose --compute_type")
-        from titlegen.engines.ct2 import CT2Engine
-
         return CT2Engine(model_name_or_path, device=device, compute_type=compute_type, threads=threads)
     if compute_type is not None:
         raise TitlegenError("compute_type is a ct2 setting; with the transformers backend, use --bf16")
@@ -107,7 +73,7 @@ def load_engine(
 class TransformersEngine:
     """A model folder decoded by transformers' ``generate``, through `titlegen.generation.generate_titles`.
 
-    The folder is loaded and checked by `titlegen.lifecycle.load_model_folder`.
+    The folder is loaded and checked by `titlegen.model_folder.load_model_folder`.
     """
 
     backend = "transformers"
@@ -116,8 +82,6 @@ class TransformersEngine:
         self, model_name_or_path: str, bf16: bool = False, device: str | None = None, threads: int | None = None
     ):
         import torch
-
-        from titlegen.lifecycle import load_model_folder
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if threads:
@@ -135,6 +99,14 @@ class TransformersEngine:
         """transformers honours every generate argument (`titlegen.strategies` has checked them)."""
 
     def generate_titles(self, articles: Sequence[str], **options) -> list[str]:
-        from titlegen.generation import generate_titles
-
         return generate_titles(self.model, self.tokenizer, articles, bf16=self.bf16, **options)
+
+
+def start_engine(args):
+    """Seeds and CPU switches (`configure_process`), then the engine that `args`
+    (`titlegen.arguments.GenerationArguments`) names: how titlegen-predict, titlegen-compare and titlegen-serve start.
+    """
+    configure_process(args.seed)
+    return load_engine(
+        args.model_name_or_path, args.backend, bf16=args.bf16, compute_type=args.compute_type, threads=args.threads
+    )

@@ -40,7 +40,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.engines import DEFAULT_QUANTIZATION, EXPORT_MARKER, QUANTIZATIONS, is_export
+from titlegen.backends import DEFAULT_QUANTIZATION, EXPORT_MARKER, QUANTIZATIONS, is_export
+from titlegen.data import atomic_output_dir, write_json
 from titlegen.generation import (
     ARTICLE_TOKENS_ONLY,
     DEFAULT_TOP_K,
@@ -51,6 +52,7 @@ from titlegen.generation import (
     titles_in_batches,
 )
 from titlegen.loops import NO_LOOPS, is_no_loops
+from titlegen.model_folder import load_model_folder, load_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +104,6 @@ def export_model(model_dir: str | Path, output_dir: str | Path, quantization: st
         TitlegenError: for an unknown quantization, a model CTranslate2 cannot convert, or an export whose
             log-probabilities are not the model's.
     """
-    from titlegen.data import atomic_output_dir
-    from titlegen.lifecycle import load_model_folder
 
     if quantization not in QUANTIZATIONS:
         raise TitlegenError(f"unknown quantization '{quantization}'; choose one of {', '.join(QUANTIZATIONS)}")
@@ -125,7 +125,6 @@ def write_export(model, tokenizer, folder: str | Path, quantization: str, source
     Returns:
         What ``titlegen_export.json`` holds.
     """
-    from titlegen.data import write_json
 
     probe = LogProbProbe(model, tokenizer)  # before converting: quantization rounds the model's tensors
     _converter(model, tokenizer).convert(str(folder), quantization=quantization, force=True)
@@ -379,8 +378,6 @@ class CT2Engine:
     ):
         import ctranslate2
         from transformers import GenerationConfig
-
-        from titlegen.modeling import load_tokenizer
 
         self.model_dir = Path(model_dir)
         info = json.loads((self.model_dir / EXPORT_MARKER).read_text(encoding="utf-8"))

@@ -17,6 +17,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from titlegen import TitlegenError
+from titlegen.arguments import DecodingArguments, GenerationArguments, RunArguments
+from titlegen.backends import resolve_backend
+from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
+from titlegen.config import parse_args, settings_from
+from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
+from titlegen.engines import start_engine
+from titlegen.lifecycle import run_command
+from titlegen.metrics import get_segmenter
+from titlegen.model_folder import trained_settings
+from titlegen.outputs import check_output_folder
+from titlegen.plotting import plot_comparison
+from titlegen.recipes.predict import PredictFiles
+from titlegen.strategies import DEFAULT_GRID, decoding_arguments, load_grid, save_grid, setting_filename, setting_name
+
 
 @dataclass
 class CompareArguments:
@@ -36,8 +51,6 @@ class CompareArguments:
 
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-compare, in the order `compare` unpacks them."""
-    from titlegen.config import DecodingArguments, GenerationArguments, RunArguments, settings_from
-    from titlegen.recipes.predict import PredictFiles
 
     articles = settings_from(PredictFiles, ["input_file"], note="Their titles are the references.")
     segmenter = settings_from(RunArguments, ["segmenter"])
@@ -46,35 +59,16 @@ def settings() -> tuple[type, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.lifecycle import run_command
 
     return run_command(compare, argv)
 
 
 def compare(argv: Sequence[str] | None = None) -> list[dict]:
-    from titlegen.config import parse_args
 
     args, files, compare_args, scoring, decoding = parse_args(settings(), argv, description=__doc__)
 
     import time
     from pathlib import Path
-
-    from titlegen import TitlegenError
-    from titlegen.comparison import best_setting, check_metric, markdown_report, score_titles, write_csv
-    from titlegen.config import trained_settings
-    from titlegen.data import atomic_write_text, read_jsonl, write_jsonl
-    from titlegen.engines import resolve_backend
-    from titlegen.lifecycle import check_output_folder, start_engine
-    from titlegen.metrics import get_segmenter
-    from titlegen.plotting import plot_comparison
-    from titlegen.strategies import (
-        DEFAULT_GRID,
-        decoding_arguments,
-        load_grid,
-        save_grid,
-        setting_filename,
-        setting_name,
-    )
 
     grid = load_grid(compare_args.grid) if compare_args.grid else list(DEFAULT_GRID)
     check_metric(compare_args.metric)
@@ -83,7 +77,7 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     segmenter = get_segmenter(scoring.segmenter)
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     trained = trained_settings(args.model_name_or_path)
-    columns = (trained["id_column"], trained["text_column"], trained["summary_column"])
+    columns = (trained.id_column, trained.text_column, trained.summary_column)
     records = read_jsonl(files.input_file, fields=columns, id_field=columns[0])[: compare_args.limit]
     articles = [r[columns[1]] for r in records]
     references = [r[columns[2]] for r in records]
@@ -91,8 +85,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     engine = start_engine(args)
     options = dict(
         batch_size=args.batch_size,
-        max_source_length=trained["max_source_length"],
-        source_prefix=trained["source_prefix"],
+        max_source_length=trained.max_source_length,
+        source_prefix=trained.source_prefix,
         seed=args.seed,
     )
     arguments_of = [decoding_arguments(**setting) for setting in grid]

@@ -18,6 +18,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from titlegen.arguments import DataArguments, DecodingArguments, GenerationArguments
+from titlegen.backends import resolve_backend
+from titlegen.config import parse_args, settings_from
+from titlegen.data import read_jsonl
+from titlegen.engines import start_engine
+from titlegen.lifecycle import run_command
+from titlegen.memory import generation_advice, out_of_memory_advice
+from titlegen.model_folder import model_files, trained_settings
+from titlegen.outputs import check_output_file
+from titlegen.progress import SUFFIX, PredictionProgress, run_fingerprint
+from titlegen.strategies import decoding_arguments
+
 # The preprocessing settings a prediction can override; by default, each is as the model was trained.
 PREPROCESSING = ("text_column", "id_column", "source_prefix", "max_source_length")
 
@@ -34,7 +46,6 @@ class PredictFiles:
 
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-predict, in the order `predict` unpacks them."""
-    from titlegen.config import DataArguments, DecodingArguments, GenerationArguments, settings_from
 
     preprocessing = settings_from(
         DataArguments, PREPROCESSING, note="Default: as the model was trained.", **dict.fromkeys(PREPROCESSING)
@@ -43,29 +54,20 @@ def settings() -> tuple[type, ...]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.lifecycle import run_command
 
     return run_command(predict, argv)
 
 
 def predict(argv: Sequence[str] | None = None) -> list[dict]:
-    from titlegen.config import parse_args, trained_settings
 
     args, files, preprocessing, decoding = parse_args(settings(), argv, description=__doc__)
-
-    from titlegen.data import read_jsonl
-    from titlegen.engines import resolve_backend
-    from titlegen.lifecycle import check_output_file, model_files, start_engine
-    from titlegen.memory import generation_advice, out_of_memory_advice
-    from titlegen.progress import SUFFIX, PredictionProgress, run_fingerprint
-    from titlegen.strategies import decoding_arguments
 
     # Everything that can be refused is refused before the model loads: the output path, the settings, the input.
     check_output_file(files.output_file, [files.input_file], side_files=[SUFFIX])
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     generate_kwargs = decoding_arguments(decoding.strategy, **decoding.generate_arguments())
     trained = trained_settings(args.model_name_or_path, preprocessing)
-    id_column, text_column = trained["id_column"], trained["text_column"]
+    id_column, text_column = trained.id_column, trained.text_column
     records = read_jsonl(files.input_file, fields=(id_column, text_column), id_field=id_column)
 
     engine = start_engine(args)
@@ -85,14 +87,12 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
             )
 
         num_beams = generate_kwargs.get("num_beams", engine.generation_config.num_beams)
-        with out_of_memory_advice(
-            generation_advice, args.batch_size, num_beams, args.bf16, trained["max_source_length"]
-        ):
+        with out_of_memory_advice(generation_advice, args.batch_size, num_beams, args.bf16, trained.max_source_length):
             titles = engine.generate_titles(
                 [r[text_column] for r in records],
                 batch_size=args.batch_size,
-                max_source_length=trained["max_source_length"],
-                source_prefix=trained["source_prefix"],
+                max_source_length=trained.max_source_length,
+                source_prefix=trained.source_prefix,
                 done=done,
                 on_batch=save_batch,
                 seed=args.seed,

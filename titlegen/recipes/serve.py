@@ -18,6 +18,19 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from titlegen import TitlegenError
+from titlegen.arguments import DecodingArguments
+from titlegen.backends import resolve_backend
+from titlegen.config import parse_args
+from titlegen.engines import start_engine
+from titlegen.lifecycle import run_command
+from titlegen.model_folder import trained_settings
+from titlegen.recipes import predict
+from titlegen.serving.app import create_app
+from titlegen.serving.schema import RequestRules
+from titlegen.serving.served_model import ServedModel
+from titlegen.serving.server import listen
+
 
 @dataclass
 class ServeArguments:
@@ -43,21 +56,17 @@ class ServeArguments:
 
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-serve, in the order `serve` unpacks them: titlegen-predict's, less its files."""
-    from titlegen.recipes import predict
 
     generation, _files, preprocessing, decoding = predict.settings()
     return generation, preprocessing, decoding, ServeArguments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.lifecycle import run_command
 
     return run_command(serve, argv)
 
 
 def serve(argv: Sequence[str] | None = None) -> None:
-    from titlegen.config import parse_args
-    from titlegen.serving.server import listen
 
     parsed = parse_args(settings(), argv, description=__doc__)
     server_args = parsed[-1]
@@ -79,11 +88,6 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
 def build_app(args, preprocessing, decoding, server_args: ServeArguments):
     """The application: settings checked first, then the model loaded as titlegen-predict loads it."""
-    from titlegen import TitlegenError
-    from titlegen.config import DecodingArguments, trained_settings
-    from titlegen.engines import resolve_backend
-    from titlegen.serving.app import create_app
-    from titlegen.serving.schema import RequestRules
 
     if server_args.max_queue < server_args.max_articles:
         raise TitlegenError(
@@ -94,8 +98,8 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
     trained = trained_settings(args.model_name_or_path, preprocessing)
     rules = RequestRules.for_settings(
         DecodingArguments,
-        text_column=trained["text_column"],
-        id_column=trained["id_column"],
+        text_column=trained.text_column,
+        id_column=trained.id_column,
         strategy=decoding.strategy,
         overrides=overrides,
         seed=args.seed,
@@ -117,20 +121,18 @@ def served_model(args, trained: dict, defaults: dict):
     """The model a server titles with, started as titlegen-predict starts it (`titlegen.lifecycle.start_engine`).
 
     Args:
-        args: `titlegen.config.GenerationArguments`.
-        trained: The model's preprocessing settings (`titlegen.config.trained_settings`).
+        args: `titlegen.arguments.GenerationArguments`.
+        trained: The model's preprocessing settings (`titlegen.model_folder.trained_settings`).
         defaults: The generate arguments every request starts from: refused here if the engine cannot honour them.
     """
-    from titlegen.lifecycle import start_engine
-    from titlegen.serving.engine import ServedModel
 
     engine = start_engine(args)
     engine.check_decoding(seed=args.seed, **defaults)
     return ServedModel(
         args.model_name_or_path,
         engine,
-        max_source_length=trained["max_source_length"],
-        source_prefix=trained["source_prefix"],
+        max_source_length=trained.max_source_length,
+        source_prefix=trained.source_prefix,
     )
 
 

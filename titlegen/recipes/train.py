@@ -13,16 +13,29 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
+
+from titlegen import TitlegenError
+from titlegen.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
+from titlegen.checkpoints import prepare_run_dir
+from titlegen.config import parse_args, save_run_config
+from titlegen.cpu import configure_process
+from titlegen.data import read_training_data, write_jsonl
+from titlegen.distributed import shut_down, wait_for_everyone
+from titlegen.generation import decode_titles, title_decoding
+from titlegen.lifecycle import run_command, start_logging
+from titlegen.lora import merge_adapter
+from titlegen.memory import out_of_memory_advice, training_advice
+from titlegen.modeling import adapt_for_training, log_parameters, starting_model
+from titlegen.plotting import plot_learning_curves
+from titlegen.preprocessing import training_features
+from titlegen.spans import encode_articles, uses_slots
+from titlegen.trainer import title_trainer
 
 logger = logging.getLogger("titlegen.train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from titlegen.distributed import shut_down
-    from titlegen.lifecycle import run_command
-
     try:
         return run_command(train, argv)
     finally:
@@ -31,170 +44,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def settings() -> tuple[type, ...]:
     """The settings of titlegen-train, in the order `train` unpacks them."""
-    from transformers import Seq2SeqTrainingArguments
-
-    from titlegen.config import DataArguments, LoraArguments, ModelArguments, RunArguments
+    from transformers import Seq2SeqTrainingArguments  # here, not at the top: `--help` answers without transformers
 
     return ModelArguments, LoraArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments
 
 
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
-    from titlegen.config import parse_args
-
     model_args, lora_args, data_args, run_args, training_args = parse_args(settings(), argv, description=__doc__)
-    # Heavy imports after parsing, so that --help answers at once.
-    from datasets import concatenate_datasets
-    from transformers import DataCollatorForSeq2Seq, EarlyStoppingCallback
-
-    from titlegen import TitlegenError, lifecycle
-    from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
-    from titlegen.data import write_jsonl
-    from titlegen.distributed import wait_for_everyone
-    from titlegen.generation import decode_titles
-    from titlegen.loops import is_no_loops
-    from titlegen.lora import add_lora, merge_adapter
-    from titlegen.loss import title_loss
-    from titlegen.memory import out_of_memory_advice, training_advice
-    from titlegen.metrics import build_compute_metrics, get_segmenter
-    from titlegen.modeling import (
-        build_model,
-        count_parameters,
-        freeze_embeddings,
-        freeze_encoder,
-        load_tokenizer,
-    )
-    from titlegen.plotting import plot_learning_curves
-    from titlegen.preprocessing import clause_end_arguments, lead_pairs, make_tokenize_fn, to_features
-    from titlegen.spans import encode_articles, uses_slots
-    from titlegen.tokenizer import train_tokenizer
-    from titlegen.trainer import TitleTrainer
-
     if lora_args.use_lora and not model_args.model_name_or_path:
         raise TitlegenError(
             "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
         )
-    lifecycle.start_logging()
+
+    # Set up: the run folder (a finished run is refused, an interrupted one resumed), logging, seeds.
+    start_logging()
     output_dir = Path(training_args.output_dir)
-    checkpoint = lifecycle.prepare_run_dir(output_dir, run_args.resume, training_args.should_save)
+    checkpoint = prepare_run_dir(output_dir, run_args.resume, training_args.should_save)
     wait_for_everyone()  # under a launcher, every process looks at output_dir before process 0 writes to it
-    lifecycle.configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
+    configure_process(training_args.seed, run_args.flush_denormal, run_args.keep_freed_memory)
     os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(output_dir / "runs"))
 
     # Data: validated at the edge, with file and line in every error.
-    columns = (data_args.id_column, data_args.text_column, data_args.summary_column)
-    train_records, eval_records = lifecycle.read_training_data(data_args, training_args.seed)
+    train_records, eval_records = read_training_data(data_args, training_args.seed)
 
-    # Tokenizer and model: pretrained, or built from a config with a tokenizer trained on this data.
-    if model_args.model_name_or_path:
-        start = lifecycle.load_model_folder(
-            model_args.model_name_or_path, model_args.cache_dir, model_args.tokenizer_name
-        )
-        tokenizer, model = start.tokenizer, start.model
-    else:
-        tokenizer_dir = output_dir / "tokenizer"
-        if model_args.tokenizer_name:
-            tokenizer = load_tokenizer(model_args.tokenizer_name, model_args.cache_dir)
-        elif checkpoint and tokenizer_dir.is_dir():  # the tokenizer the interrupted run trained
-            tokenizer = load_tokenizer(str(tokenizer_dir))
-        else:
-            # Under a launcher, process 0 of each machine trains it; the others wait, then load it.
-            with training_args.main_process_first(desc="training the tokenizer"):
-                if training_args.local_process_index > 0:
-                    tokenizer = load_tokenizer(str(tokenizer_dir))
-                else:
-                    logger.info(
-                        "training a %s SentencePiece tokenizer of at most %d tokens on %s",
-                        model_args.tokenizer_type,
-                        model_args.tokenizer_vocab_size,
-                        data_args.train_file,
-                    )
-                    texts = (r[c] for r in train_records for c in (data_args.text_column, data_args.summary_column))
-                    if model_args.tokenizer_copy_slots:
-                        texts = encode_articles(list(texts))[0]
-                    tokenizer = train_tokenizer(
-                        texts,
-                        tokenizer_dir,
-                        model_args.tokenizer_vocab_size,
-                        model_type=model_args.tokenizer_type,
-                        copy_slots=model_args.tokenizer_copy_slots,
-                    )
-        model = build_model(model_args.model_type, tokenizer, model_args.config_overrides)
-    # Titles decoded as the settings (or the starting model) say.
-    generation_config = lifecycle.title_decoding(model, run_args, data_args, training_args.generation_num_beams)
+    # Tokenizer and model: pretrained, or built from a config with a tokenizer trained on this data; titles
+    # decoded as the settings (or the starting model) say; frozen parts and LoRA as the settings say.
+    columns = (data_args.text_column, data_args.summary_column)
+    tokenizer, model = starting_model(
+        model_args, training_args, lambda: (r[c] for r in train_records for c in columns), output_dir, bool(checkpoint)
+    )
+    generation_config = title_decoding(model, run_args, data_args, training_args.generation_num_beams)
     model.generation_config = generation_config  # before LoRA: the base model, which the adapters leave in place
-    if model_args.freeze_encoder:
-        logger.info("froze %d encoder parameters", freeze_encoder(model))
-    if model_args.freeze_embeddings:
-        logger.info("froze %d embedding parameters", freeze_embeddings(model))
-    if lora_args.use_lora:
-        model = add_lora(
-            model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules
-        )
-    trainable, total = count_parameters(model)
-    logger.info("parameters: %d trainable of %d (%.1f%%)", trainable, total, 100 * trainable / total)
-    if run_args.generation_backend == "ct2" and is_no_loops(generation_config):
-        raise TitlegenError(
-            "generation_backend ct2 cannot honour generation_no_loops (CTranslate2 has no per-title guard): "
-            "set generation_no_loops false, or generation_backend transformers"
-        )
+    model = adapt_for_training(model, lora_args, model_args.freeze_encoder, model_args.freeze_embeddings)
+    log_parameters(model)
 
+    # Features, and the trainer (which refuses an evaluation backend that cannot decode as the model does).
+    with training_args.main_process_first(desc="tokenizing"):
+        train_dataset, eval_dataset = training_features(
+            tokenizer, data_args, train_records, eval_records, training_args.seed
+        )
+    eval_spans = encode_articles([r[data_args.text_column] for r in eval_records])[1] if uses_slots(tokenizer) else None
+    trainer = title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval_dataset, eval_spans,
+                            callbacks)  # fmt: skip
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
-        lifecycle.save_run_config(
-            output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args
-        )
+        save_run_config(output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args)
 
-    tokenize = make_tokenize_fn(
-        tokenizer,
-        data_args.text_column,
-        data_args.summary_column,
-        data_args.max_source_length,
-        data_args.max_target_length,
-        data_args.source_prefix,
-    )
-    with training_args.main_process_first(desc="tokenizing"):
-        train_dataset = to_features(train_records, columns, tokenize, desc="tokenizing train")
-        eval_dataset = to_features(eval_records, columns, tokenize, desc="tokenizing validation")
-        if data_args.lead_pairs:
-            leads = lead_pairs(
-                train_dataset,
-                data_args.lead_pairs,
-                max_target_length=data_args.max_target_length,
-                eos_token_id=tokenizer.eos_token_id,
-                seed=training_args.seed,
-                **(clause_end_arguments(tokenizer) if data_args.lead_pairs_clause_end else {}),
-            )
-            logger.info("training on %d pairs and %d article-lead pairs", len(train_dataset), len(leads))
-            train_dataset = concatenate_datasets([train_dataset, leads])
-
-    # The evaluation articles' copy-slot spans, which turn generated slots back into words and numbers.
-    eval_spans = None
-    if uses_slots(tokenizer):
-        eval_spans = encode_articles([r[data_args.text_column] for r in eval_records])[1]
-    callbacks = [StopOnSignal(), NonFiniteLossGuard(), *callbacks]
-    if run_args.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
-    trainer = TitleTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        # Per title token over the whole optimizer step, so that gradient accumulation equals a larger batch.
-        compute_loss_func=partial(title_loss, label_smoothing=training_args.label_smoothing_factor),
-        compute_metrics=(
-            build_compute_metrics(
-                tokenizer, get_segmenter(run_args.segmenter), num_samples=len(eval_dataset), spans=eval_spans
-            )
-            if training_args.predict_with_generate
-            else None
-        ),
-        callbacks=callbacks,
-        generation_backend=run_args.generation_backend,
-    )
-
+    # Train, then save the model, its decoding settings, the state and the learning curves.
     with out_of_memory_advice(training_advice, trainer, data_args):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model()
@@ -215,9 +112,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     trainer.save_metrics("eval", prediction.metrics)
     if training_args.predict_with_generate and trainer.is_world_process_zero():
         titles = decode_titles(tokenizer, prediction.predictions[: len(eval_records)], eval_spans)  # as in the metric
+        records = zip(titles, eval_records, strict=True)
         write_jsonl(
-            output_dir / "eval_predictions.jsonl",
-            ({"title": t, "id": r[data_args.id_column]} for t, r in zip(titles, eval_records, strict=True)),
+            output_dir / "eval_predictions.jsonl", ({"title": t, "id": r[data_args.id_column]} for t, r in records)
         )
     return {**result.metrics, **prediction.metrics}
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from titlegen import TitlegenError
+from titlegen.arguments import DataArguments, DecodingArguments, LoraArguments, ModelArguments, RunArguments
+from titlegen.config import settings_from
 from titlegen.rl.reward import BASELINES
 
 # What titlegen-rl takes of transformers' Seq2SeqTrainingArguments (the same names, types and help texts as in
@@ -88,15 +90,6 @@ def settings() -> tuple[type, ...]:
     and the training-loop settings of `TRAINING_SETTINGS`.
     """
     from transformers import Seq2SeqTrainingArguments
-
-    from titlegen.config import (
-        DataArguments,
-        DecodingArguments,
-        LoraArguments,
-        ModelArguments,
-        RunArguments,
-        settings_from,
-    )
 
     sampling = settings_from(DecodingArguments, ["temperature", "top_k", "top_p"], **SAMPLING_DEFAULTS)
     starting_model = settings_from(ModelArguments, ["model_name_or_path"])

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from titlegen.generation import decode_titles, generate_titles, title_generation_config
+from titlegen.metrics import f100, tw_rouge
 from titlegen.rl.losses import (
     completion_mask,
     encode,
@@ -98,8 +100,6 @@ def sample_rollout(
         bf16: Sample under bfloat16 autocast.
     """
     import torch
-
-    from titlegen.generation import decode_titles, title_generation_config
 
     model.eval()
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -238,8 +238,6 @@ def evaluate_titles(
         ``{"rouge-1", "rouge-2", "rouge-l"}`` (F1 ×100) with ``title_length`` and ``repetition_rate``
         (see `title_statistics`), and the titles.
     """
-    from titlegen.generation import generate_titles
-    from titlegen.metrics import f100, tw_rouge
 
     titles = generate_titles(model, tokenizer, articles, **generate_titles_kwargs)
     metrics = {**f100(tw_rouge(titles, references, segmenter)), **title_statistics(titles, segmenter)}

@@ -18,8 +18,8 @@ from starlette.exceptions import HTTPException
 
 from titlegen import TitlegenError
 from titlegen.serving.batching import Batcher, Busy
-from titlegen.serving.engine import ServedModel
 from titlegen.serving.schema import RequestError, RequestRules, parse_request
+from titlegen.serving.served_model import ServedModel
 from titlegen.strategies import STRATEGIES
 
 RETRY_AFTER_SECONDS = 1

@@ -59,7 +59,7 @@ class RequestRules:
         """Rules whose request flags are the generate arguments of a settings dataclass, with their types.
 
         Args:
-            decoding: `titlegen.config.DecodingArguments`: each field but ``strategy`` is a request flag.
+            decoding: `titlegen.arguments.DecodingArguments`: each field but ``strategy`` is a request flag.
             **rules: The other fields of `RequestRules`.
         """
         hints = typing.get_type_hints(decoding)

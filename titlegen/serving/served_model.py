@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from titlegen.modeling import count_parameters
 from titlegen.strategies import GUARDS_OFF, NEUTRAL
 
 
@@ -45,7 +46,6 @@ class ServedModel:
 
     def metadata(self) -> dict[str, Any]:
         """What the model is: name, backend, parameters, vocabulary, preprocessing, decoding defaults."""
-        from titlegen.modeling import count_parameters
 
         config = self.engine.generation_config
         # transformers' own default stands for a setting the config leaves unset.
