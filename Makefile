@@ -30,7 +30,7 @@ export TITLEGEN_DATA := $(DATA)
 # Gets the data folder with titlegen-data when it lacks LCSTS: a new machine needs only `make install` first.
 FETCH_DATA = test -f "$(DATA)/lcsts/train.zh-tw.jsonl" || titlegen-data $(if $(DATA),--output_dir "$(DATA)")
 
-.PHONY: help install test lint train predict demo bench data
+.PHONY: help install test test-fast lint train predict demo bench data
 
 help:  ## this list (`make` alone prints it too)
 	@awk -F':[^#]*## ' '/^[a-z-]+:[^#]*## / {printf "  make %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,6 +43,9 @@ install:  ## into PYTHON's virtual environment, else into .venv (created): torch
 test:  ## the whole suite, CPU only (a few minutes); gets the data first if missing (offline: its tests skip, saying why)
 	@$(FETCH_DATA) || echo "note: no data in '$(DATA)' (no network?): the tests that read it are skipped"
 	$(PY) -m pytest -q -rs
+
+test-fast:  ## the suite without the tests marked slow (training runs, launchers, browser): under a minute
+	$(PY) -m pytest -q -m "not slow"
 
 lint:  ## ruff: lint and formatting
 	$(PY) -m ruff check .

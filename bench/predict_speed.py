@@ -44,16 +44,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from bench._common import LCSTS, machine, markdown_table, offline_model  # noqa: E402
-from titlegen.cpu import configure_cpu  # noqa: E402
-from titlegen.data import normalize_text, read_jsonl, write_json  # noqa: E402
-from titlegen.engines import TransformersEngine  # noqa: E402
-from titlegen.engines.ct2 import CT2Engine, export_model, training_engine  # noqa: E402
-from titlegen.generation import generate_titles  # noqa: E402
-from titlegen.metrics import f100, get_segmenter, tw_rouge  # noqa: E402
-from titlegen.model_folder import trained_settings  # noqa: E402
-from titlegen.modeling import build_model  # noqa: E402
-from titlegen.tokenizer import train_tokenizer  # noqa: E402
+from bench._common import LCSTS, machine, markdown_table, offline_model
+from titlegen.cpu import configure_cpu
+from titlegen.data import normalize_text, read_jsonl, write_json
+from titlegen.engines import TransformersEngine
+from titlegen.engines.ct2 import CT2Engine
+from titlegen.engines.export import export_model, training_engine
+from titlegen.generation import generate_titles
+from titlegen.metrics import f100, get_segmenter, tw_rouge
+from titlegen.model_folder import trained_settings
+from titlegen.modeling import build_model
+from titlegen.tokenizer import train_tokenizer
 
 MAX_SOURCE_LENGTH = 256  # titlegen's default; LCSTS articles are ~110 characters, so nothing is cut
 RESULTS = ROOT / "bench" / "results"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,28 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in state["log_history"] if "loss" in e}
 
 
+# Launched processes meet on the loopback interface only: the rendezvous on 127.0.0.1, and gloo's sockets on
+# `lo` (left unset, gloo binds the address the host name resolves to, which may face a network).
+LOOPBACK = {"MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+
+
 def subprocess_env() -> dict[str, str]:
-    """The environment for recipes run as real subprocesses: this checkout first on the path, and one
-    thread per process (the tiny model gains nothing from more, and tests share few cores)."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    """The environment for recipes run as real subprocesses: this checkout first on the path, one thread per
+    process (the tiny model gains nothing from more, and tests share few cores), and loopback only."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        **LOOPBACK,
+    }
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a launcher's rendezvous (a fixed one collides with other runs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -10,17 +10,21 @@ ARGUMENT_CASES; `test_every_entry_point_has_a_cell_in_every_row` insists.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from titlegen.cli import evaluate_main
+from titlegen.cli import evaluate_main, export_main, prune_vocab_main
 from titlegen.recipes.compare import main as compare_main
 from titlegen.recipes.predict import main as predict_main
 from titlegen.recipes.rl import main as rl_main
@@ -51,6 +55,25 @@ def with_line_3(**fields) -> bytes:
 class Run:
     status: int
     outputs: list[Path]
+    changed: list[str] = field(default_factory=list)  # files of the test's folder made, changed or removed by the run
+
+
+def snapshot(folder: Path) -> dict[str, tuple]:
+    """What each file and folder under `folder` is: its kind, mode, size and modification time."""
+    shot = {}
+    for path in folder.rglob("*"):
+        st = path.lstat()
+        shot[str(path.relative_to(folder))] = (st.st_mode, 0 if stat.S_ISDIR(st.st_mode) else st.st_size,
+                                               0 if stat.S_ISDIR(st.st_mode) else st.st_mtime_ns)  # fmt: skip
+    return shot
+
+
+def invoke(main: Callable, args: list[str], tmp: Path) -> tuple[int, list[str]]:
+    """Runs an entry point; returns its exit status and the paths under `tmp` it made, changed or removed."""
+    before = snapshot(tmp)
+    status = main(args)
+    after = snapshot(tmp)
+    return status, sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
 
 
 def run_train(data: Path, tmp: Path, model: Path, *extra: str, output: Path | None = None) -> Run:
@@ -58,21 +81,23 @@ def run_train(data: Path, tmp: Path, model: Path, *extra: str, output: Path | No
     output = output or tmp / "run"
     args = tiny_train_args(output, "--train_file", str(data), "--validation_file", str(ARTICLES), *NO_EVAL,
                            "--max_steps", "1", "--save_strategy", "no", *extra)  # fmt: skip
-    status = train_main(args)
+    new = [] if output.exists() else [output]  # an output that existed stays
+    status, changed = invoke(train_main, args, tmp)
     if status == 0:
         assert (output / "model.safetensors").is_file()
-    return Run(status, [output])
+    return Run(status, new, changed)
 
 
 def run_predict(data: Path, tmp: Path, model: Path, *extra: str, output: Path | None = None) -> Run:
     output = output or tmp / "predictions.jsonl"
     written = [p for p in (output, Path(f"{output}.progress")) if not p.exists()]  # an existing folder stays
-    status = predict_main(["--model", str(model), "--input", str(data), "--output", str(output), *extra])
+    args = ["--model", str(model), "--input", str(data), "--output", str(output), *extra]
+    status, changed = invoke(predict_main, args, tmp)
     if status == 0:
         predictions = read_lines(output)
         assert [p["id"] for p in predictions] == [r["id"] for r in GOOD]
         assert all(isinstance(p["title"], str) and p["title"] == p["title"].strip() for p in predictions)
-    return Run(status, written)
+    return Run(status, written, changed)
 
 
 def run_rl(data: Path, tmp: Path, model: Path, *extra: str, output: Path | None = None) -> Run:
@@ -81,21 +106,26 @@ def run_rl(data: Path, tmp: Path, model: Path, *extra: str, output: Path | None 
             "--validation_file", str(ARTICLES), "--output_dir", str(output), "--max_eval_samples", "2",
             "--max_target_length", "8", "--per_device_train_batch_size", "2", "--num_return_sequences", "2",
             "--max_steps", "1", "--disable_tqdm", "true", *extra]  # fmt: skip
-    status = rl_main(args)
+    new = [] if output.exists() else [output]
+    status, changed = invoke(rl_main, args, tmp)
     if status == 0:
         assert (output / "model.safetensors").is_file()
-    return Run(status, [output])
+    return Run(status, new, changed)
 
 
-def run_compare(data: Path, tmp: Path, model: Path, *extra: str, output: Path | None = None) -> Run:
+def run_compare(
+    data: Path, tmp: Path, model: Path, *extra: str, output: Path | None = None, grid: str = "- {strategy: greedy}\n"
+) -> Run:
     output = output or tmp / "compare"
-    grid = tmp / "grid.yaml"
-    grid.write_text("- {strategy: greedy}\n")
-    status = compare_main(["--model", str(model), "--input", str(data), "--output_dir", str(output),
-                           "--grid", str(grid), "--max_new_tokens", "8", *extra])  # fmt: skip
+    grid_file = tmp / "grid.yaml"
+    grid_file.write_text(grid)
+    args = ["--model", str(model), "--input", str(data), "--output_dir", str(output), "--grid", str(grid_file),
+            "--max_new_tokens", "8", *extra]  # fmt: skip
+    new = [] if output.exists() else [output]
+    status, changed = invoke(compare_main, args, tmp)
     if status == 0:
         assert [p["id"] for p in read_lines(output / "predictions" / "greedy.jsonl")] == [r["id"] for r in GOOD]
-    return Run(status, [output])
+    return Run(status, new, changed)
 
 
 def run_eval(reference: Path, submission: Path, *extra: str) -> Run:
@@ -225,6 +255,11 @@ FILE_CASES = {
         with_line_3(maintext=" \n\u3000\t"),
         error(r"{path}:3: field 'maintext' is empty", *READ_ARTICLES) | handled(NOT_READ, "eval -r", "eval -s"),
     ),
+    # Zero-width spaces and a byte-order mark show nothing: the title of such an article would be invisible.
+    "article of zero-width characters only": (
+        with_line_3(maintext="\u200b\ufeff\u200d"),
+        error(r"{path}:3: field 'maintext' is empty", *READ_ARTICLES) | handled(NOT_READ, "eval -r", "eval -s"),
+    ),
     "empty title": (
         with_line_3(title=""),
         error(r"{path}:3: field 'title' is empty", "train", "rl", "compare", "eval -r")
@@ -255,10 +290,12 @@ def check(run: Run, expected: Error | Handled, data: Path, before: bytes, stderr
         assert stderr.endswith(errors[0] + "\n"), stderr
         assert "Traceback" not in stderr
         assert not [p for p in run.outputs if p.exists() and p != data], "nothing is written after an error"
+        assert not run.changed, f"no file is made, changed or removed after an error: {run.changed}"
     else:
         assert run.status == 0, stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case, entry_point",
     [(case, entry) for case, (_, cells) in FILE_CASES.items() for entry in ALL if cells[entry] is not NOT_APPLICABLE],
@@ -325,6 +362,80 @@ def all_models(damage: str, message: str) -> dict:
 
 UNWRITABLE = Path("/proc/self/no-such-folder")  # no process, root included, can create files in /proc/self
 RANGE = r"command line: {name} must be at least 1, got {value}"
+AT_MOST = r"command line: {name} must be at most {bound}, got {value}"
+NOT_FINITE = r"command line: {name} must be a finite number, got {value}"
+
+
+def model_copy(tmp: Path, model: Path) -> Path:
+    """A copy of the trained model that a run may be asked to write into (the shared one is never risked)."""
+    folder = tmp / "model"
+    if not folder.exists():
+        shutil.copytree(model, folder)
+    return folder
+
+
+def special_file(tmp: Path, kind: str) -> Path:
+    """A FIFO, or (as root, who can make one) the character device /dev/null is, at a path in `tmp`."""
+    path = tmp / kind
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("making a device takes root")
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    else:
+        os.mkfifo(path)
+    return path
+
+
+def locked(path: Path) -> Path:
+    """`path` (a file or folder, made if missing) with an exclusive lock on it held for the rest of the test, as a
+    run writing it would hold."""
+    if not path.exists():
+        path.touch()
+    fd = os.open(path, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    LOCKS.append(fd)
+    return path
+
+
+LOCKS: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def release_locks():
+    yield
+    while LOCKS:
+        os.close(LOCKS.pop())
+
+
+def before_the_model_loads(run: Callable[[], Run]) -> Run:
+    """Runs `run` with model loading made to fail loudly: what it refuses, it refuses before the model loads."""
+    with mock.patch("titlegen.recipes.predict.start_engine", side_effect=AssertionError("the model was loaded")):
+        return run()
+
+
+def fifo_in_folder(folder: Path, name: str) -> Path:
+    """`folder`, made, with a FIFO named `name` in it."""
+    folder.mkdir()
+    os.mkfifo(folder / name)
+    return folder
+
+
+def folder_beside(output: Path, suffix: str) -> Path:
+    """`output`, with a folder where its side file with `suffix` goes."""
+    Path(f"{output}{suffix}").mkdir()
+    return output
+
+
+def locked_folder(folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    return locked(folder)
+
+
+def run_train_resumed(data: Path, tmp: Path, model: Path, output: Path) -> Run:
+    return run_train(data, tmp, model, "--resume", "true", output=output)
+
+
+ANOTHER_RUN = r".*: another run is writing to this output_dir; wait for it to finish, or choose another --output_dir"
 
 # name: {entry point: (how to run it given the good data file, the folder and a trained model, what it does)}
 ARGUMENT_CASES = {
@@ -473,6 +584,240 @@ ARGUMENT_CASES = {
         **dict.fromkeys(("train", "rl", "compare"), NOT_APPLICABLE),  # their output is a folder
         **dict.fromkeys(("eval -r", "eval -s"), NOT_APPLICABLE),
     },
+    "output that is a file of the model": {
+        "train": (
+            lambda data, tmp, model: run_train(
+                data, tmp, model, "--model_name_or_path", str(model_copy(tmp, model)), output=model_copy(tmp, model)
+            ),
+            Error(r".*model already holds a run; pass --resume to continue it, or choose another --output_dir"),
+        ),  # fmt: skip
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model_copy(tmp, model), output=model_copy(tmp, model)),
+            Error(r".*model already holds a run; pass --resume to continue it, or choose another --output_dir"),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(
+                data, tmp, model_copy(tmp, model), output=model_copy(tmp, model) / "config.json"
+            ),
+            Error(
+                r".*model/config\.json: the output file is config\.json, a file of the model .*model; choose another "
+                r"output path"
+            ),
+        ),  # fmt: skip
+        "compare": NOT_APPLICABLE,  # it writes none of a model's files, and an output inside a model folder is allowed
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "output that is the model's weights": {
+        "predict": (
+            lambda data, tmp, model: run_predict(
+                data, tmp, model_copy(tmp, model), output=model_copy(tmp, model) / "model.safetensors"
+            ),
+            Error(
+                r".*model\.safetensors: the output file is model\.safetensors, a file of the model .*model; choose "
+                r"another output path"
+            ),
+        ),  # fmt: skip
+        **dict.fromkeys(("train", "rl", "compare", "eval -r", "eval -s"), NOT_APPLICABLE),
+    },
+    "output that is a device": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, output=special_file(tmp, "device")),
+            Error(r".*device: output_dir is a file; choose a folder for the run"),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, output=special_file(tmp, "device")),
+            Error(r".*device: output_dir is a file; choose a folder for the run"),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, output=special_file(tmp, "device")),
+            Error(
+                r".*device: the output exists and is not a regular file \(a device, pipe or socket\), which writing "
+                r"it would replace; choose another output path"
+            ),
+        ),  # fmt: skip
+        "compare": (
+            lambda data, tmp, model: run_compare(data, tmp, model, output=special_file(tmp, "device")),
+            Error(r".*device: output_dir is a file; choose a folder for the comparison"),
+        ),
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "output that is a FIFO": {
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, output=special_file(tmp, "fifo")),
+            Error(
+                r".*fifo: the output exists and is not a regular file \(a device, pipe or socket\), which writing "
+                r"it would replace; choose another output path"
+            ),
+        ),  # fmt: skip
+        "compare": (
+            lambda data, tmp, model: run_compare(
+                data, tmp, model, output=fifo_in_folder(tmp / "compare", "comparison.md")
+            ),
+            Error(
+                r".*compare/comparison\.md: the output exists and is not a regular file \(a device, pipe or "
+                r"socket\), which writing it would replace; choose another output path"
+            ),
+        ),  # fmt: skip
+        **dict.fromkeys(("train", "rl", "eval -r", "eval -s"), NOT_APPLICABLE),
+    },
+    "progress file that is a folder": {
+        "predict": (
+            lambda data, tmp, model: run_predict(
+                data, tmp, model, output=folder_beside(tmp / "out.jsonl", ".progress")
+            ),
+            Error(
+                r".*out\.jsonl\.progress: exists and is a folder, where the run writes its \.progress file; remove it "
+                r"or choose another output path"
+            ),
+        ),  # fmt: skip
+        **dict.fromkeys(("train", "rl", "compare", "eval -r", "eval -s"), NOT_APPLICABLE),
+    },
+    "titles longer than any model writes": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, "--generation_max_new_tokens", "50000000"),
+            Error(AT_MOST.format(name="generation_max_new_tokens", bound=1024, value=50000000)),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--generation_max_new_tokens", "50000000"),
+            Error(AT_MOST.format(name="generation_max_new_tokens", bound=1024, value=50000000)),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, "--max_new_tokens", "50000000"),
+            Error(AT_MOST.format(name="max_new_tokens", bound=1024, value=50000000)),
+        ),
+        "compare": (
+            lambda data, tmp, model: run_compare(data, tmp, model, "--max_new_tokens", "50000000"),
+            Error(AT_MOST.format(name="max_new_tokens", bound=1024, value=50000000)),
+        ),
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "ten thousand beams": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, "--generation_num_beams", "10000"),
+            Error(AT_MOST.format(name="generation_num_beams", bound=64, value=10000)),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--generation_num_beams", "10000"),
+            Error(AT_MOST.format(name="generation_num_beams", bound=64, value=10000)),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, "--num_beams", "10000"),
+            Error(AT_MOST.format(name="num_beams", bound=64, value=10000)),
+        ),
+        "compare": (
+            lambda data, tmp, model: run_compare(data, tmp, model, grid="- {strategy: beam, num_beams: 10000}\n"),
+            Error(r".*grid\.yaml: setting 1: num_beams must be at most 64, got 10000"),
+        ),
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "articles longer than any model reads": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, "--max_source_length", "10000000"),
+            Error(AT_MOST.format(name="max_source_length", bound=8192, value=10000000)),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--max_source_length", "10000000"),
+            Error(AT_MOST.format(name="max_source_length", bound=8192, value=10000000)),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, "--max_source_length", "10000000"),
+            Error(AT_MOST.format(name="max_source_length", bound=8192, value=10000000)),
+        ),
+        **dict.fromkeys(("compare", "eval -r", "eval -s"), NOT_APPLICABLE),  # compare reads as the model was trained
+    },
+    "NaN setting": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, "--learning_rate", "nan"),
+            Error(NOT_FINITE.format(name="learning_rate", value="nan")),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--temperature", "nan"),
+            Error(NOT_FINITE.format(name="temperature", value="nan")),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, "--length_penalty", "nan", "--num_beams", "4"),
+            Error(NOT_FINITE.format(name="length_penalty", value="nan")),
+        ),
+        "compare": (
+            lambda data, tmp, model: run_compare(data, tmp, model, grid="- {strategy: top_p, top_p: .nan}\n"),
+            Error(r".*grid\.yaml: setting 1: top_p must be a finite number, got nan"),
+        ),
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "infinite setting": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, "--weight_decay", "inf"),
+            Error(NOT_FINITE.format(name="weight_decay", value="inf")),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--cliprange", "inf"),
+            Error(NOT_FINITE.format(name="cliprange", value="inf")),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, "--temperature", "inf"),
+            Error(NOT_FINITE.format(name="temperature", value="inf")),
+        ),
+        "compare": (
+            lambda data, tmp, model: run_compare(
+                data, tmp, model, grid="- {strategy: temperature, temperature: .inf}\n"
+            ),
+            Error(r".*grid\.yaml: setting 1: temperature must be a finite number, got inf"),
+        ),
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "seed out of range": {
+        "train": (
+            lambda data, tmp, model: run_train(data, tmp, model, "--seed", "-1"),
+            Error(r"command line: seed must be at least 0, got -1"),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--seed", "99999999999"),
+            Error(AT_MOST.format(name="seed", bound=2**32 - 1, value=99999999999)),
+        ),
+        "predict": (
+            lambda data, tmp, model: run_predict(data, tmp, model, "--seed", "-1"),
+            Error(r"command line: seed must be at least 0, got -1"),
+        ),
+        "compare": (
+            lambda data, tmp, model: run_compare(data, tmp, model, "--seed", "99999999999"),
+            Error(AT_MOST.format(name="seed", bound=2**32 - 1, value=99999999999)),
+        ),
+        "eval -r": NOT_APPLICABLE,
+        "eval -s": NOT_APPLICABLE,
+    },
+    "grid that is not YAML": {
+        "compare": (
+            lambda data, tmp, model: run_compare(data, tmp, model, grid="- {strategy: greedy\n- [beam\n"),
+            Error(r".*grid\.yaml: not valid YAML: .*"),  # `check` insists on one line
+        ),
+        **dict.fromkeys(("train", "rl", "predict", "eval -r", "eval -s"), NOT_APPLICABLE),
+    },
+    "output another run is writing": {
+        "train": (
+            lambda data, tmp, model: run_train_resumed(data, tmp, model, output=locked_folder(tmp / "run")),
+            Error(ANOTHER_RUN),
+        ),
+        "rl": (
+            lambda data, tmp, model: run_rl(data, tmp, model, "--resume", "true", output=locked_folder(tmp / "rl")),
+            Error(ANOTHER_RUN),
+        ),
+        "predict": (
+            lambda data, tmp, model: before_the_model_loads(
+                lambda: run_predict(data, tmp, model, output=(locked(tmp / "out.jsonl.progress"), tmp / "out.jsonl")[1])
+            ),
+            Error(
+                r".*out\.jsonl\.progress: another titlegen-predict run is writing this output; wait for it to "
+                r"finish, or choose another output path"
+            ),
+        ),  # fmt: skip
+        **dict.fromkeys(("compare", "eval -r", "eval -s"), NOT_APPLICABLE),
+    },
     "output in a folder where nothing can be written": {
         "train": (
             lambda data, tmp, model: run_train(data, tmp, model, output=UNWRITABLE / "run"),
@@ -515,3 +860,55 @@ def test_every_entry_point_has_a_cell_in_every_row():
         assert set(cells) == set(ENTRY_POINTS), case
     for case, cells in ARGUMENT_CASES.items():
         assert set(cells) == set(ENTRY_POINTS), case
+
+
+def test_a_full_disk_is_a_one_line_error_and_the_rerun_loses_nothing(trained_dir, tmp_path, capsys, monkeypatch):
+    data = write(tmp_path / "in.jsonl", GOOD)
+    output = tmp_path / "out.jsonl"
+    args = ["--model", str(trained_dir), "--input", str(data), "--batch_size", "2"]
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with monkeypatch.context() as patch:
+        patch.setattr("titlegen.progress.os.fsync", full)
+        assert predict_main([*args, "--output", str(output)]) == 2
+    stderr = capsys.readouterr().err
+    message = f"error: {output}.progress: no space left on device; free some space and run the command again\n"
+    assert stderr.endswith(message) and "Traceback" not in stderr, stderr
+    assert not output.exists()
+    assert predict_main([*args, "--output", str(output)]) == 0
+    assert predict_main([*args, "--output", str(tmp_path / "clean.jsonl")]) == 0
+    assert output.read_bytes() == (tmp_path / "clean.jsonl").read_bytes()
+
+
+def test_model_weights_follow_the_umask(trained_dir, tmp_path):
+    """safetensors writes its files private; titlegen's model folders are readable as the umask says, like every
+    other file: another account can load a model trained in a shared folder."""
+    from titlegen.prune import prune_vocabulary
+
+    mask = os.umask(0o027)
+    os.umask(mask)
+    weights = list(trained_dir.rglob("*.safetensors"))
+    assert weights and {stat.S_IMODE(p.stat().st_mode) for p in weights} == {0o666 & ~mask}
+    os.umask(0o027)
+    try:
+        prune_vocabulary(str(trained_dir), [r["maintext"] for r in GOOD], tmp_path / "pruned", "")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "pruned" / "model.safetensors").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+@pytest.mark.parametrize("command", ["export", "prune"])
+def test_export_and_prune_refuse_a_device_or_fifo_as_output_before_any_work(command, kind, trained_dir, tmp_path,
+                                                                           capsys):  # fmt: skip
+    output = special_file(tmp_path, kind)
+    before = snapshot(tmp_path)
+    if command == "export":
+        status = export_main([str(trained_dir), "-o", str(output)])
+    else:
+        status = prune_vocab_main([str(trained_dir), "--corpus", str(ARTICLES), "-o", str(output)])
+    stderr = capsys.readouterr().err
+    assert status == 2 and stderr == f"error: {output} already exists; choose another output folder\n", stderr
+    assert snapshot(tmp_path) == before and stat.S_ISFIFO(output.lstat().st_mode) == (kind == "fifo")

@@ -19,6 +19,7 @@ from titlegen.recipes.train import train
 from .conftest import NO_EVAL, ROOT, subprocess_env, tiny_train_args
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_a_checkpoint_and_stops(tmp_path, signum):
     run = tmp_path / "run"
@@ -74,6 +75,7 @@ def inject_nan_at_training_forward(n: int):
     return build_overflowing_model
 
 
+@pytest.mark.slow
 def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(titlegen.modeling, "build_model", inject_nan_at_training_forward(3))
     run = tmp_path / "run"
@@ -91,6 +93,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert not (run / "model.safetensors").exists(), "no final model is saved from a failed run"
 
 
+@pytest.mark.slow
 def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypatch):
     """Why the guard exists: transformers only hides a NaN loss from its logs, and the weights turn to NaN."""
 
@@ -102,6 +105,7 @@ def test_without_the_guard_the_trainer_trains_on_through_nan(tmp_path, monkeypat
     assert not all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_training_and_evaluates_the_last_step(tmp_path):
 
     run = tmp_path / "run"

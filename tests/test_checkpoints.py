@@ -68,6 +68,7 @@ sys.exit(main(sys.argv[1:]))
 RESUMABLE = ("--save_strategy", "steps", "--save_steps", "2", "--bf16", "false", *NO_EVAL)
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_saving_resumes_to_the_same_weights(tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     train(tiny_train_args(reference, *RESUMABLE))

@@ -64,6 +64,7 @@ def test_comparison_chart_is_a_png(tmp_path):
     assert (tmp_path / "chart.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_learning_curves_from_a_trainer_state(tmp_path):
     history = [{"loss": 9.0 - step / 10, "step": step, "epoch": step / 10} for step in range(1, 11)]
     history += [{"eval_loss": 8.0, "eval_rouge-1": 10.0, "eval_rouge-2": 2.0, "eval_rouge-l": 9.0, "step": 10}]

@@ -68,6 +68,7 @@ def test_written_files_equal_the_development_copy(source, tmp_path, capsys, monk
     assert "note: no Traditional Chinese files (zh-tw)" in printed and OPENCC in printed
 
 
+@pytest.mark.slow
 def test_traditional_chinese_equals_the_development_copy(originals, tmp_path):
     records = traditional(lcsts_records({name: path.read_bytes() for name, path in originals.items()})["test"])
     write_jsonl(tmp_path / "test.zh-tw.jsonl", records)

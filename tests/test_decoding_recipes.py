@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from titlegen.cli import plot_main
 from titlegen.recipes.compare import compare
 from titlegen.recipes.compare import main as compare_main
@@ -17,6 +19,7 @@ from .conftest import ARTICLES, ROOT, read_lines
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_compare_writes_table_chart_and_titles_of_every_setting(trained_dir, tmp_path):
     out = tmp_path / "compare"
     rows = compare(["--model", str(trained_dir), "--input", str(ARTICLES), "--output_dir", str(out), "--limit", "4"])
@@ -36,6 +39,7 @@ def test_compare_writes_table_chart_and_titles_of_every_setting(trained_dir, tmp
     assert (out / "comparison.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow
 def test_compare_with_a_grid_file_gives_the_titles_of_a_full_run(trained_dir, tmp_path):
     """Sampling is seeded per article: --limit and other batches do not change an article's title."""
     grid = tmp_path / "grid.yaml"
@@ -58,6 +62,7 @@ def test_compare_rejects_an_unknown_metric_before_generating(trained_dir, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_predict_with_a_sampling_strategy_is_reproducible(trained_dir, tmp_path):
     def titles(*flags):
         argv = ["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "p.jsonl"), *flags]

@@ -12,13 +12,8 @@ from titlegen import TitlegenError
 from titlegen.backends import EXPORT_MARKER, resolve_backend
 from titlegen.cli import export_main
 from titlegen.engines import TransformersEngine, load_engine
-from titlegen.engines.ct2 import (
-    CT2Engine,
-    choose_compute_type,
-    export_model,
-    safe_compute_type,
-    scales_decoder_outputs,
-)
+from titlegen.engines.ct2 import CT2Engine, choose_compute_type, safe_compute_type
+from titlegen.engines.export import export_model, scales_decoder_outputs
 from titlegen.generation import title_generation_config
 from titlegen.lora import add_lora
 from titlegen.model_folder import load_model, load_tokenizer, trained_settings
@@ -84,6 +79,7 @@ def reference(model_dir):
     return TransformersEngine(str(model_dir), threads=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["trained", "random"])
 def test_exported_log_probabilities_are_the_models_loss(trained_dir, model_dir, tmp_path, folder):
     """For the trained model (tied output layer) and the random one (untied), in float32."""
@@ -132,6 +128,7 @@ def test_float32_titles_are_transformers_titles(float32, reference, strategy):
     assert len(set(expected)) > 1, "the titles differ from article to article"
 
 
+@pytest.mark.slow
 def test_length_limits_are_transformers_limits(float32, reference, tokenizer, tmp_path):
     for arguments in ({"max_new_tokens": 3}, {"max_length": 6}):  # the random model's titles run to the limit
         expected = reference.generate_titles(TEXTS, progress=False, **arguments)
@@ -322,6 +319,20 @@ def test_non_finite_scores_reload_the_model_in_float32(exports, float32, caplog)
         engine.generate_titles(TEXTS, progress=False)
 
 
+def test_titles_longer_than_a_models_absolute_positions_are_refused(reference, tokenizer):
+    assert reference.check_decoding(max_new_tokens=1024) is None  # mT5's positions are relative: no bound of its own
+    bart = TransformersEngine.__new__(TransformersEngine)
+    bart.model = build_model(
+        "bart",
+        tokenizer,
+        "d_model=16,encoder_layers=1,decoder_layers=1,encoder_attention_heads=2,"
+        "decoder_attention_heads=2,encoder_ffn_dim=32,decoder_ffn_dim=32,max_position_embeddings=16",
+    )
+    bart.check_decoding(max_new_tokens=16)
+    with pytest.raises(TitlegenError, match=r"max_new_tokens 17 is more than the model's 16 positions"):
+        bart.check_decoding(max_new_tokens=17)
+
+
 def test_backend_follows_the_folder(model_dir, exports):
     assert resolve_backend(str(exports["int8"])) == "ct2" and resolve_backend(str(model_dir)) == "transformers"
     with pytest.raises(TitlegenError, match="not a CTranslate2 export .*titlegen-export"):
@@ -342,6 +353,7 @@ def test_export_refuses_bad_requests(model_dir, exports, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+@pytest.mark.slow
 def test_predict_decodes_an_export_like_the_model_and_resumes(model_dir, exports, tmp_path, monkeypatch):
     flags = ["--input", str(ARTICLES), "--batch_size", "4", "--num_beams", "4"]
     expected = predict(["--model", str(model_dir), "--output", str(tmp_path / "expected.jsonl"), *flags])
@@ -358,6 +370,7 @@ def test_predict_decodes_an_export_like_the_model_and_resumes(model_dir, exports
     assert (tmp_path / "out.jsonl").read_bytes() == (tmp_path / "expected.jsonl").read_bytes()
 
 
+@pytest.mark.slow
 def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
     import subprocess
     import sys
@@ -371,6 +384,27 @@ def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
     assert result.returncode == 0, result.stderr
     expected = predict(["--model", str(model_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "t.jsonl")])
     assert read_lines(out) == expected
+
+
+def test_run_sh_decodes_an_export_of_a_guarded_model_without_its_guard(trained_dir, tmp_path):
+    """The offline model decodes with the loop guard (no_loops), which CTranslate2 cannot apply: README's command
+    decodes its export without it, with a warning, as transformers does with ``--no_loops false``."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, subprocess_env
+
+    export = tmp_path / "export"
+    export_model(trained_dir, export, quantization="float32")
+    env = {**subprocess_env(), "TITLEGEN_MODEL": str(export), "PYTHON": sys.executable}
+    out = tmp_path / "submission.jsonl"
+    result = subprocess.run(["bash", str(ROOT / "run.sh"), str(ARTICLES), str(out)], env=env, capture_output=True,
+                            text=True, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "decoding without the loop guard (no_loops)" in result.stderr
+    unguarded = predict(["--model", str(trained_dir), "--input", str(ARTICLES), "--output", str(tmp_path / "t.jsonl"),
+                         "--no_loops", "false"])  # fmt: skip
+    assert read_lines(out) == unguarded
 
 
 def test_predict_refuses_seeded_sampling_before_writing_anything(exports, tmp_path):
@@ -394,6 +428,7 @@ def test_compare_refuses_seeded_sampling_before_any_work_and_runs_a_grid(exports
     assert "CTranslate2, int8 on cpu" in (tmp_path / "out" / "comparison.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_path):
 
     torch.manual_seed(1)
@@ -415,6 +450,7 @@ def test_a_lora_adapter_and_a_pruned_model_export_as_they_decode(model_dir, tmp_
     assert titles["adapter"] != TransformersEngine(str(model_dir)).generate_titles(TEXTS, progress=False), "merged"
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkeypatch):
 
     from .conftest import tiny_train_args
@@ -437,6 +473,7 @@ def test_evaluation_during_training_can_decode_with_ctranslate2(tmp_path, monkey
     assert same >= len(RECORDS) // 3, "the titles of transformers, but where int8 compute on CPU changes one"
 
 
+@pytest.mark.slow
 def test_export_command(model_dir, tmp_path, capsys):
     import subprocess
     import sys
@@ -455,6 +492,7 @@ def test_export_command(model_dir, tmp_path, capsys):
     assert "already exists; choose another output folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluation_with_ctranslate2_merges_lora_adapters(trained_dir, tmp_path):
 
     from .conftest import tiny_train_args

@@ -14,6 +14,7 @@ def write(path, records):
     return path
 
 
+@pytest.mark.slow
 def test_prints_the_course_layout_with_the_segmenter(tmp_path, capsys):
     ref = write(tmp_path / "ref.jsonl", [{"id": "1", "title": "今天我們在台北開會"}, {"id": "2", "title": "標題"}])
     pred = write(tmp_path / "pred.jsonl", [{"title": "", "id": "2"}, {"title": "我們今天去台北開會", "id": "1"}])
@@ -33,6 +34,7 @@ def test_missing_predictions_are_an_error(tmp_path, capsys):
     assert "pred.jsonl: 9 of 10 reference ids have no prediction (e.g. '0', '1', '2', '4', '5')" in err
 
 
+@pytest.mark.slow
 def test_parity_with_the_course_eval_on_real_titles(tmp_path, capsys):
     """On the 10 genuine course titles, scores equal the course's eval.py with the same segmenter."""
     submission = real_data("adl-news/sample_submission.jsonl")

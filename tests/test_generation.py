@@ -33,6 +33,7 @@ def test_length_sorted_batches_cover_every_index_once_longest_first():
     assert batches == [[1, 3], [0, 4], [2]]
 
 
+@pytest.mark.slow
 def test_titles_come_back_in_input_order_whatever_the_batch_size(model, tokenizer):
     for strategy in ("greedy", "beam"):
         arguments = decoding_arguments(strategy)
@@ -46,6 +47,7 @@ def test_bf16_generation_writes_a_title_per_article(model, tokenizer):
     assert len(generated) == len(ARTICLE_TEXTS) and all(isinstance(t, str) for t in generated)
 
 
+@pytest.mark.slow
 def test_beam_search_gives_transformers_titles(model, tokenizer):
     """Leaving the cross-attention cache unordered changes nothing: same titles as a plain generate (with the
     guard that keeps byte pieces in whole characters, which generate_titles adds)."""
@@ -58,6 +60,7 @@ def test_beam_search_gives_transformers_titles(model, tokenizer):
     assert titles(model, tokenizer, batch_size=4, num_beams=4) == expected
 
 
+@pytest.mark.slow
 def test_seeded_sampling_gives_the_same_titles_in_any_batch(model, tokenizer):
     arguments = decoding_arguments("top_p")
     first = titles(model, tokenizer, batch_size=1, seed=7, **arguments)

@@ -20,15 +20,16 @@ LAYERS = {
         "titlegen.loss", "titlegen.cpu", "titlegen.distributed",
     ),
     "data": (
-        "titlegen.data", "titlegen.corpus", "titlegen.config", "titlegen.outputs", "titlegen.progress",
-        "titlegen.spans", "titlegen.checkpoints", "titlegen.preprocessing",
+        "titlegen.data", "titlegen.corpus", "titlegen.config", "titlegen.progress", "titlegen.spans",
+        "titlegen.preprocessing",
     ),
     "models and tokenizers": (
         "titlegen.tokenizer", "titlegen.model_folder", "titlegen.lora", "titlegen.modeling", "titlegen.prune",
         "titlegen.memory",
     ),
+    "outputs and run folders": ("titlegen.outputs", "titlegen.checkpoints", "titlegen.memory_advice"),
     "generation, engines, scoring and training": (
-        "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines", "titlegen.metrics",
+        "titlegen.generation", "titlegen.strategies", "titlegen.engines.ct2", "titlegen.engines.export", "titlegen.engines", "titlegen.metrics",
         "titlegen.comparison", "titlegen.plotting", "titlegen.showcase", "titlegen.callbacks", "titlegen.trainer",
         "titlegen.rl", "titlegen.rl.losses", "titlegen.rl.reward", "titlegen.rl.rollout", "titlegen.rl.config",
         "titlegen.rl.run", "titlegen.serving", "titlegen.serving.batching", "titlegen.serving.schema",

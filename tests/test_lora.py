@@ -94,6 +94,7 @@ def lora_dir(trained_dir, tmp_path_factory):
     return output_dir
 
 
+@pytest.mark.slow
 def test_a_lora_run_saves_only_the_adapter(lora_dir, trained_dir):
     for name in ("adapter_config.json", "adapter_model.safetensors", "generation_config.json", "tokenizer.json",
                  "run_config.yaml", "eval_predictions.jsonl", "merged/model.safetensors"):  # fmt: skip
@@ -133,6 +134,7 @@ def test_merged_model_equals_the_adapter_model(lora_dir):
         assert not torch.allclose(base(**batch, decoder_input_ids=decoder_input_ids).logits, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_accepts_the_adapter_and_the_merged_folder(lora_dir, tmp_path):
     titles = {}
     for name, model_dir in (("adapter", lora_dir), ("merged", lora_dir / "merged")):
@@ -142,6 +144,7 @@ def test_predict_accepts_the_adapter_and_the_merged_folder(lora_dir, tmp_path):
     assert len(titles["adapter"]) == len(ARTICLE_TEXTS)
 
 
+@pytest.mark.slow
 def test_the_merged_checkpoint_loads_without_peft(lora_dir):
     code = (
         "import sys; sys.modules['peft'] = None\n"  # any import of peft now fails

@@ -49,6 +49,7 @@ def max_difference(a: dict, b: dict) -> float:
     return max((a[name] - b[name]).abs().max().item() for name in a)
 
 
+@pytest.mark.slow
 def test_accumulated_micro_batches_give_the_update_of_the_whole_batch(tokenizer, tmp_path):
     whole = one_sgd_step(tokenizer, tmp_path, 8, 1, compute_loss_func=title_loss)
     for batch_size, accumulation in ((4, 2), (2, 4)):
@@ -56,6 +57,7 @@ def test_accumulated_micro_batches_give_the_update_of_the_whole_batch(tokenizer,
         assert max_difference(accumulated, whole) < 1e-5, (batch_size, accumulation)
 
 
+@pytest.mark.slow
 def test_without_the_title_loss_accumulation_scales_the_update(tokenizer, tmp_path):
     """Guards the reason for title_loss: mT5's own loss makes 4 accumulation steps a ~4x larger update."""
     torch.manual_seed(0)

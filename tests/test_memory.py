@@ -18,7 +18,8 @@ from transformers import (
 import titlegen.engines
 from titlegen import TitlegenError
 from titlegen.cli import estimate_main
-from titlegen.memory import estimate_training_memory, is_out_of_memory
+from titlegen.memory import estimate_training_memory
+from titlegen.memory_advice import is_out_of_memory
 from titlegen.modeling import build_model, count_parameters, freeze_encoder
 from titlegen.recipes.predict import main as predict_main
 from titlegen.recipes.train import main as train_main
@@ -157,6 +158,7 @@ def peak_of(output: str) -> float:
     )
 
 
+@pytest.mark.slow
 def test_the_low_memory_config_fits_in_4_gib(tmp_path, capsys):
     model = str(mt5_small_config(tmp_path))
     full = estimate_output(
@@ -168,6 +170,7 @@ def test_the_low_memory_config_fits_in_4_gib(tmp_path, capsys):
     assert peak_of(lowmem) < 4 * 2**30 < peak_of(full)  # what makes it the config for 6-8 GB GPUs
 
 
+@pytest.mark.slow
 def test_estimate_counts_only_the_lora_adapters_as_trainable(tmp_path, capsys):
     model = str(mt5_small_config(tmp_path))
     out = estimate_output(
@@ -211,6 +214,7 @@ def raise_when(method, condition, error):
     return wrapped
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_training_names_the_settings_and_the_switches(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.91 GiB")
@@ -246,6 +250,7 @@ def test_out_of_memory_in_training_names_the_settings_and_the_switches(tmp_path,
     assert metrics["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_evaluation_suggests_a_smaller_generation_batch(tmp_path, monkeypatch, capsys):
     failing = raise_when(Seq2SeqTrainer.prediction_step, lambda trainer: True, MemoryError())
     monkeypatch.setattr(Seq2SeqTrainer, "prediction_step", failing)
@@ -278,6 +283,7 @@ def test_out_of_memory_in_prediction_suggests_smaller_batches(trained_dir, tmp_p
     assert not (tmp_path / "p.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_memory_switches_reach_the_trainer(tmp_path, monkeypatch):
     from transformers.optimization import Adafactor
 

@@ -31,6 +31,7 @@ def test_char_scores_hand_checked():
     assert scores["rouge-l"]["f"] == pytest.approx(f1(1, 5 / 6), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_jieba_scores_hand_checked():
     # jieba: 我們|今天|去|台北|開會 vs 今天|我們|在|台北|開會: 4/5 words, 1/4 bigrams, LCS 3.
     scores = tw_rouge(["我們今天去台北開會"], ["今天我們在台北開會"], JiebaSegmenter())
@@ -53,6 +54,7 @@ def test_ckip_path_with_an_injected_segmenter():
     assert calls == [["臺北/市政府/宣布"], ["臺北/市政府/今天/宣布"]], "one batched call per side"
 
 
+@pytest.mark.slow
 def test_matches_the_rouge_package_exactly_as_the_course_computes_it():
     preds = ["央行利率不變 總裁稱通膨壓力趨緩", "高雄港貨櫃量創新高", "Apple發表iPhone 17 Pro"]
     refs = ["央行維持利率不變", "高雄港貨櫃裝卸量創三年新高", "iPhone 17 Pro 9月19日在臺開賣"]

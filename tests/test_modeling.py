@@ -5,7 +5,15 @@ import torch
 
 from titlegen import TitlegenError
 from titlegen.model_folder import load_model, load_tokenizer
-from titlegen.modeling import build_model, count_parameters, freeze_embeddings, freeze_encoder, untie_output_layer
+from titlegen.modeling import (
+    build_model,
+    count_parameters,
+    freeze_embeddings,
+    freeze_encoder,
+    share_embedding_module,
+    untie_output_layer,
+)
+from titlegen.trainer import without_tied_copies
 
 SMALL = "d_model=256,d_kv=32,d_ff=512,num_heads=4,num_layers=2,num_decoder_layers=2"
 
@@ -159,3 +167,35 @@ def test_an_untied_output_layer_stays_untied_when_reloaded(tokenizer, tmp_path):
     assert again.lm_head.weight is not again.shared.weight
     assert torch.equal(again.lm_head.weight, model.lm_head.weight)
     assert torch.equal(again.shared.weight, model.shared.weight)
+
+
+def test_share_embedding_module_makes_one_look_up_module_and_changes_nothing_else(tokenizer, tmp_path):
+    from transformers import AutoModelForSeq2SeqLM
+
+    model = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1").eval()
+    inputs, labels = torch.tensor([[5, 6, 7, 1]]), torch.tensor([[8, 9, 1]])
+    before, keys = model(input_ids=inputs, labels=labels).logits, set(model.state_dict())
+    assert model.encoder.embed_tokens is not model.shared  # transformers 5: three modules, one weight
+    assert share_embedding_module(model)
+    assert model.encoder.embed_tokens is model.shared and model.decoder.embed_tokens is model.shared
+    assert set(model.state_dict()) == keys
+    torch.testing.assert_close(model(input_ids=inputs, labels=labels).logits, before, rtol=0, atol=0)
+    # A full state dict of separate copies (as FSDP gathers it) saves the embedding once, and reloads tied.
+    copies = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    kept = without_tied_copies(model, copies)
+    assert {"lm_head.weight", "encoder.embed_tokens.weight", "decoder.embed_tokens.weight"} & set(kept) == set()
+    model.save_pretrained(tmp_path, state_dict=kept)
+    again = AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert again.lm_head.weight is again.shared.weight
+    torch.testing.assert_close(again.eval()(input_ids=inputs, labels=labels).logits, before, rtol=0, atol=0)
+
+
+def test_share_embedding_module_leaves_other_models_alone(tokenizer):
+    model = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    model.encoder.embed_tokens = torch.nn.Embedding(len(tokenizer), 32)  # an encoder with its own embedding
+    assert not share_embedding_module(model)
+    assert model.decoder.embed_tokens is not model.shared
+    untied = build_model("mt5", tokenizer, "d_model=32,d_kv=8,d_ff=64,num_heads=2,num_layers=1")
+    untie_output_layer(untied)
+    kept = without_tied_copies(untied, {n: t.clone() for n, t in untied.state_dict().items()})
+    assert "lm_head.weight" in kept and "encoder.embed_tokens.weight" not in kept

@@ -129,6 +129,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_prediction_resumes_with_only_the_missing_titles(trained_dir, tmp_path, monkeypatch):
     # Sampling, so that equal files show that every batch is seeded the same way after a restart.
     flags = ["--batch_size", "2", "--do_sample", "true", "--top_k", "20", "--seed", "7"]
@@ -169,6 +170,7 @@ def test_titles_are_reused_only_by_a_run_with_the_same_flags(trained_dir, tmp_pa
     assert sum(sizes) == len(read_lines(ARTICLES)) - reused
 
 
+@pytest.mark.slow
 def test_resume_works_with_the_output_inside_the_model_folder(trained_dir, tmp_path, monkeypatch):
     # make demo writes its predictions into the model's folder: the side file must not change the model's fingerprint.
     model = tmp_path / "model"

@@ -62,6 +62,7 @@ def assert_pruning_preserves_tokens_and_logits(original_dir, pruned_dir, texts):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_in_vocabulary_text_keeps_its_tokens_and_logits(trained_dir, tmp_path):
     out = tmp_path / "pruned"
     sizes = prune_vocabulary(str(trained_dir), CORPUS, out)
@@ -100,6 +101,7 @@ def mt5_layout_dir(tokenizer, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_an_mt5_layout_with_untied_output_layer(mt5_layout_dir, tmp_path):
     assert type(AutoTokenizer.from_pretrained(mt5_layout_dir)).__name__ == "T5Tokenizer"
     out = tmp_path / "pruned"
@@ -131,6 +133,7 @@ def pruned_dir(trained_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_greedy_titles_equal_the_original_model_kept_to_the_same_tokens(trained_dir, pruned_dir, tmp_path):
     kept = set(json.loads((pruned_dir / PRUNED_VOCAB_FILE).read_text())["kept_ids"])
     articles = [r["maintext"] for r in RECORDS]
@@ -146,6 +149,7 @@ def test_greedy_titles_equal_the_original_model_kept_to_the_same_tokens(trained_
     assert total == json.loads((pruned_dir / PRUNED_VOCAB_FILE).read_text())["parameters"][1]
 
 
+@pytest.mark.slow
 def test_the_pruned_model_trains_and_reloads(pruned_dir, tmp_path):
     out = tmp_path / "run"
     metrics = train(tiny_train_args(out, "--model_name_or_path", str(pruned_dir), "--num_train_epochs", "1"))

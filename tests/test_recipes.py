@@ -39,6 +39,7 @@ def test_training_writes_a_reproducible_run(trained_dir):
     assert "learning_rate: 0.01" in config and "titlegen-train --config" in config
 
 
+@pytest.mark.slow
 def test_the_saved_model_reloads_and_predicts(trained_dir, tmp_path):
     model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
@@ -60,6 +61,7 @@ def test_the_saved_model_reloads_and_predicts(trained_dir, tmp_path):
     assert [p["title"] for p in predictions] == direct
 
 
+@pytest.mark.slow
 def test_article_tokens_only_applies_in_evaluation_and_to_the_saved_model(tmp_path):
     out = tmp_path / "restricted"
     train(tiny_train_args(out, "--generation_article_tokens_only", "true", "--num_train_epochs", "1"))
@@ -74,6 +76,7 @@ def test_article_tokens_only_applies_in_evaluation_and_to_the_saved_model(tmp_pa
     assert unrestricted != predictions
 
 
+@pytest.mark.slow
 def test_length_sorted_batches_keep_input_order(trained_dir):
     model = AutoModelForSeq2SeqLM.from_pretrained(trained_dir)
     tokenizer = AutoTokenizer.from_pretrained(trained_dir)
@@ -83,6 +86,7 @@ def test_length_sorted_batches_keep_input_order(trained_dir):
     assert batched == one_by_one
 
 
+@pytest.mark.slow
 def test_run_sh_on_the_course_format(trained_dir, tmp_path):
     """bash run.sh IN OUT on the 10 genuine course articles (newlines, long texts, Latin and digits)."""
     sample = real_data("adl-news/sample_test.jsonl")
@@ -110,6 +114,7 @@ def test_predict_refuses_to_overwrite_its_input(trained_dir, tmp_path, capsys):
     assert copy.read_bytes() == ARTICLES.read_bytes()
 
 
+@pytest.mark.slow
 def test_training_refuses_to_overwrite_a_run_and_resumes_on_request(trained_dir, tmp_path, capsys):
     assert train_main(tiny_train_args(trained_dir)) == 2
     assert "already holds a run; pass --resume" in capsys.readouterr().err
@@ -124,8 +129,9 @@ def test_training_refuses_to_overwrite_a_run_and_resumes_on_request(trained_dir,
     assert metrics["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_lead_pairs_add_one_article_opening_target_per_article(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="titlegen.train")
+    caplog.set_level(logging.INFO, logger="titlegen")
     run = tmp_path / "leads"
     train(tiny_train_args(run, "--num_train_epochs", "1", "--lead_pairs", "1.0", *NO_EVAL))
     assert "training on 12 pairs and 12 article-lead pairs" in caplog.text
@@ -142,12 +148,18 @@ def test_bad_training_data_is_reported_without_traceback(tmp_path, capsys):
     assert "train.jsonl:2: field 'title' is missing" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.cli"])
+# titlegen-train's (and the trainer's) flags are transformers' Seq2SeqTrainingArguments, whose import loads torch and
+# transformers' trainer already: its recipe imports the trainer at the top for no extra time.
+@pytest.mark.parametrize(
+    "module", ["titlegen.recipes.predict", "titlegen.recipes.compare", "titlegen.recipes.rl", "titlegen.recipes.serve",
+               "titlegen.cli"],
+)  # fmt: skip
 def test_help_needs_no_heavy_imports(module):
     code = f"import sys, {module}\nassert not {{'torch', 'transformers'}} & set(sys.modules), 'heavy import at import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module", ["titlegen.recipes.train", "titlegen.recipes.predict", "titlegen.recipes.compare", "titlegen.recipes.rl"]
 )
@@ -158,9 +170,10 @@ def test_help_answers(module):
     assert result.stdout.startswith("usage:") and "--model_name_or_path" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze_embeddings", [False, True], ids=["decoder-only", "decoder-only-frozen-embeddings"])
 def test_decoder_only_training_leaves_frozen_parameters_unchanged(trained_dir, tmp_path, caplog, freeze_embeddings):
-    caplog.set_level(logging.INFO, logger="titlegen.train")
+    caplog.set_level(logging.INFO, logger="titlegen")
     flags = ["--freeze_encoder", "true", "--freeze_embeddings", str(freeze_embeddings).lower()]
     train(tiny_train_args(tmp_path, "--model_name_or_path", str(trained_dir), "--num_train_epochs", "1", *flags))
     before, after = load_file(trained_dir / "model.safetensors"), load_file(tmp_path / "model.safetensors")

@@ -54,6 +54,7 @@ def test_repetition_penalty_and_empty_titles():
     assert title_statistics(["股市股市", "股市大漲了"], seg) == {"title_length": 4.5, "repetition_rate": 0.5}
 
 
+@pytest.mark.slow
 def test_reward_is_the_reported_metric_pair_by_pair():
     titles = ["央行利率不變 總裁稱通膨壓力趨緩", "高雄港貨櫃量創新高", "Apple發表iPhone 17 Pro"]
     refs = ["央行維持利率不變", "高雄港貨櫃裝卸量創三年新高", "iPhone 17 Pro 9月19日在臺開賣"]
@@ -197,6 +198,7 @@ def test_lora_reference_is_the_model_without_adapters(tiny, tokenizer):
     assert all(torch.equal(frozen[k], v) for k, v in before.items()), "the base weights stay as they were"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "settings",
     [
@@ -222,6 +224,7 @@ def test_a_few_steps_change_the_weights_and_keep_losses_finite(tiny, tokenizer, 
     assert len(changed) == len(start), "every trainable tensor moved"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", ["greedy", "leave_one_out"])
 def test_steps_raise_the_reward_they_are_given(tiny, tokenizer, baseline):
     """The whole loop optimises: rewarding short titles teaches a random model to stop early."""
@@ -268,6 +271,7 @@ def rl_args(model_dir, output_dir, *extra):
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_recipe_writes_a_model_logs_and_curves(trained_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
@@ -299,6 +303,7 @@ def test_recipe_writes_a_model_logs_and_curves(trained_dir, tmp_path):
     assert "titlegen-rl --config" in (out / "run_config.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_validation_and_the_saved_model_decode_as_the_starting_model(trained_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM, GenerationConfig
 
@@ -316,6 +321,7 @@ def test_validation_and_the_saved_model_decode_as_the_starting_model(trained_dir
     assert saved.num_beams == 1 and not is_article_tokens_only(saved)
 
 
+@pytest.mark.slow
 def test_recipe_with_lora_saves_a_merged_model(trained_dir, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
@@ -336,6 +342,7 @@ def trainable_state_keys(path):
         return list(f.keys())
 
 
+@pytest.mark.slow
 def test_resuming_continues_exactly_where_the_run_stopped(trained_dir, tmp_path):
     from safetensors.torch import load_file
 
@@ -381,6 +388,7 @@ def test_settings_are_checked():
         parse_args(settings(), ["--cliprange", "-1"])
 
 
+@pytest.mark.slow
 def test_help_needs_no_heavy_imports():
     code = "import sys, titlegen.recipes.rl\nassert not {'torch', 'transformers'} & set(sys.modules), 'heavy import'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -390,6 +398,7 @@ def test_help_needs_no_heavy_imports():
     assert result.returncode == 0 and "--num_return_sequences" in result.stdout
 
 
+@pytest.mark.slow
 def test_run_config_reruns_the_same_settings(trained_dir, tmp_path):
     out = tmp_path / "rl"
     rl(rl_args(trained_dir, out, "--max_steps", "1", "--beta", "0.1"))

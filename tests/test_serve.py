@@ -19,7 +19,7 @@ import pytest
 from titlegen import TitlegenError
 from titlegen.config import parse_args
 from titlegen.data import read_jsonl
-from titlegen.engines.ct2 import export_model
+from titlegen.engines.export import export_model
 from titlegen.recipes.predict import predict
 from titlegen.recipes.serve import build_app, main, settings
 from titlegen.serving.served_model import ServedModel
@@ -109,6 +109,7 @@ def test_titles_equal_titlegen_predicts(trained_dir, tmp_path, client, flags, fi
     assert answer["seconds"] > 0
 
 
+@pytest.mark.slow
 def test_server_flags_set_the_defaults_of_requests_that_name_no_strategy(trained_dir, tmp_path):
     flags = ["--strategy", "top_p", "--top_p", "0.8", "--seed", "3"]
     with running(app_for(trained_dir, *flags)) as client:
@@ -220,6 +221,46 @@ BAD_REQUESTS = {
         400,
         "request: temperature must be greater than 0, got 0",
     ),
+    "NaN temperature": (
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "strategy": "temperature", "temperature": NaN}',
+        400,
+        "request: temperature must be a finite number, got nan",
+    ),
+    "infinite temperature": (
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "strategy": "temperature", "temperature": 1e309}',
+        400,
+        "request: temperature must be a finite number, got inf",
+    ),
+    "NaN top_p": (
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "strategy": "top_p", "top_p": NaN}',
+        400,
+        "request: top_p must be a finite number, got nan",
+    ),
+    "JSON nested 50,000 deep": (  # within the body limit of this server
+        b'{"articles": [{"id": "a", "maintext": "\\u6587"}], "seed": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        400,
+        "request body: JSON nested too deeply",
+    ),
+    "ten thousand beams": (
+        {"articles": [ARTICLE], "num_beams": 10_000},
+        400,
+        "request: num_beams must be at most 64, got 10000",
+    ),
+    "beams beyond the server's limit": (
+        {"articles": [ARTICLE], "num_beams": 9},
+        400,
+        "request: num_beams 9 is more than the server's limit of 8 (request_max_num_beams)",
+    ),
+    "a billion new tokens": (
+        {"articles": [ARTICLE], "max_new_tokens": 1_000_000_000},
+        400,
+        "request: max_new_tokens must be at most 1024, got 1000000000",
+    ),
+    "titles beyond the server's limit": (
+        {"articles": [ARTICLE], "max_new_tokens": 129},
+        400,
+        "request: max_new_tokens 129 is more than the server's limit of 128 (request_max_new_tokens)",
+    ),
 }
 
 
@@ -250,6 +291,7 @@ def test_other_errors_are_json_too(client):
     assert (response.status_code, response.json()) == (405, {"error": "Method Not Allowed"})
 
 
+@pytest.mark.slow
 def test_concurrent_requests_share_generate_calls_and_each_gets_its_own_titles(trained_dir, tmp_path, calls):
     greedy = predicted(trained_dir, tmp_path, "--strategy", "greedy")
     beam = predicted(trained_dir, tmp_path, "--strategy", "beam")
@@ -292,6 +334,7 @@ def wait_until(condition, seconds: float = 10) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow
 def test_a_request_that_waits_too_long_gets_503(trained_dir, slow_generate):
     with running(app_for(trained_dir, "--request_timeout", "1")) as client:
         response = client.post("/v1/titles", json={"articles": [ARTICLE]})
@@ -302,6 +345,7 @@ def test_a_request_that_waits_too_long_gets_503(trained_dir, slow_generate):
         assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200, "the server goes on"
 
 
+@pytest.mark.slow
 def test_a_request_beyond_the_queue_limit_gets_503_at_once(trained_dir, slow_generate):
     flags = ["--max_queue", "2", "--max_articles", "2", "--batch_wait_ms", "0"]
     with running(app_for(trained_dir, *flags)) as client, ThreadPoolExecutor(2) as pool:
@@ -318,6 +362,7 @@ def test_a_request_beyond_the_queue_limit_gets_503_at_once(trained_dir, slow_gen
         assert generating.result().status_code == queued.result().status_code == 200
 
 
+@pytest.mark.slow
 def test_sigterm_lets_the_requests_in_flight_finish(trained_dir):
     # A 2-second batch wait keeps the request in flight while the server is told to stop.
     argv = ["--model", str(trained_dir), "--port", "0", "--batch_wait_ms", "2000"]
@@ -363,8 +408,19 @@ def test_a_port_in_use_and_bad_settings_are_one_line_errors(trained_dir, capsys)
     assert "unknown strategy 'nucleus'" in capsys.readouterr().err
     assert main(["--model", str(trained_dir), "--port", "0", "--max_queue", "4", "--max_articles", "8"]) == 2
     assert "command line: max_queue 4 is below max_articles 8" in capsys.readouterr().err
+    # 99999 is no port (a socket would listen on 99999 mod 65536): refused, not wrapped.
+    assert main(["--model", str(trained_dir), "--port", "99999"]) == 2
+    assert capsys.readouterr().err == "error: command line: port must be at most 65535, got 99999\n"
+    # The server's own decoding must keep within the limits it sets its requests.
+    assert main(["--model", str(trained_dir), "--port", "0", "--num_beams", "12"]) == 2
+    assert capsys.readouterr().err == (
+        "error: command line: num_beams 12 is more than the server's limit of 8 (request_max_num_beams)\n"
+    )
+    assert main(["--model", str(trained_dir), "--port", "0", "--temperature", "nan"]) == 2
+    assert capsys.readouterr().err == "error: command line: temperature must be a finite number, got nan\n"
 
 
+@pytest.mark.slow
 def test_help_answers_without_heavy_imports():
     code = "import sys, titlegen.recipes.serve\nassert not {'torch', 'transformers', 'fastapi'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -397,13 +453,14 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
 
     export = tmp_path / "export"
     export_model(trained_dir, export, quantization="float32")
-    # The model decodes with the loop guard, which CTranslate2 cannot honour, under a preset too: the server refuses
-    # to start with it, and the server's --no_loops false holds for requests that name a preset.
-    expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1", "--no_loops",
-                         "false")  # fmt: skip
+    expected = predicted(export, tmp_path, "--strategy", "beam", "--num_beams", "3", "--threads", "1")
+    # The model decodes with the loop guard, which CTranslate2 cannot honour: the export is served without it, and a
+    # server or request that asks for it is refused.
     with pytest.raises(TitlegenError, match="the ct2 backend cannot honour no_loops"):
-        app_for(export, "--threads", "1")
-    with running(app_for(export, "--threads", "1", "--no_loops", "false")) as client:
+        app_for(export, "--threads", "1", "--no_loops", "true")
+    with running(app_for(export, "--threads", "1")) as client:
+        asks = client.post("/v1/titles", json={**BODY, "no_loops": True})
+        assert asks.status_code == 400 and "cannot honour no_loops" in asks.json()["error"], asks.text
         health = client.get("/healthz").json()
         assert health["model"]["backend"] == "ct2" and health["model"]["parameters"] is None
         response = client.post("/v1/titles", json={**BODY, "strategy": "beam", "num_beams": 3})
@@ -412,6 +469,38 @@ def test_a_ctranslate2_export_is_served_with_predicts_titles(trained_dir, tmp_pa
         # CTranslate2 cannot sample with a per-article seed: the request is refused, not answered differently.
         refused = client.post("/v1/titles", json={**BODY, "strategy": "top_k"})
         assert refused.status_code == 400 and refused.json()["error"].startswith("request: "), refused.text
+
+
+def test_a_request_at_the_limits_holds_the_server_no_longer_than_its_timeout(trained_dir, monkeypatch):
+    """A bounded load test: a request of the most articles, beams and tokens the server allows, with every decoding
+    step made slow, gets its 503 at the timeout, and the generate call it started stops then too."""
+    import torch
+
+    forward = torch.nn.Module.__call__
+    slow_steps = []
+
+    def slow(module, *args, **kwargs):
+        if type(module).__name__.endswith("ForConditionalGeneration") and kwargs.get("decoder_input_ids") is not None:
+            slow_steps.append(time.monotonic())
+            time.sleep(0.2)  # each decoding step; without a deadline, 32 tokens would take over 6 s
+        return forward(module, *args, **kwargs)
+
+    flags = ["--request_timeout", "1", "--max_articles", "4", "--request_max_num_beams", "4",
+             "--request_max_new_tokens", "32", "--batch_wait_ms", "0"]  # fmt: skip
+    at_the_limits = {"articles": [{"id": r["id"], "maintext": r["maintext"]} for r in RECORDS[:4]],
+                     "strategy": "beam", "num_beams": 4, "max_new_tokens": 32}  # fmt: skip
+    with running(app_for(trained_dir, *flags)) as client:
+        monkeypatch.setattr(torch.nn.Module, "__call__", slow)
+        start = time.monotonic()
+        response = client.post("/v1/titles", json=at_the_limits)
+        assert response.status_code == 503 and response.json() == {"error": "server busy: no titles within 1 s; retry "
+                                                                            "later"}  # fmt: skip
+        wait_until(lambda: client.get("/healthz").json()["generating"] == 0)
+        held = time.monotonic() - start
+        assert held < 1 + 0.2 * 3, f"the generate call held the server for {held:.1f} s"
+        assert slow_steps and slow_steps[-1] - start < 1 + 0.2 * 2
+        monkeypatch.setattr(torch.nn.Module, "__call__", forward)
+        assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200, "the server goes on"
 
 
 def test_a_preset_keeps_the_guards_the_model_was_saved_with(trained_dir, tmp_path):

@@ -13,6 +13,8 @@ import pytest
 from . import browser
 from .test_serve import app_for, running
 
+pytestmark = pytest.mark.slow  # a real browser
+
 ARTICLE = "台北市政府今天宣布，明年起將在全市增設五百座公共自行車站。"
 
 

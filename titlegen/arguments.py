@@ -14,6 +14,19 @@ from typing import Any
 
 from titlegen.backends import BACKENDS
 
+# Upper bounds of the size-like settings. Each one multiplies memory and time, and a value past them is a typo or
+# an attack, not a title: titles are tens of tokens, and mT5 (relative positions) has no position range of its own
+# to bound them by. A generated title of MAX_NEW_TOKENS tokens is 16 times the longest title the configs train on;
+# MAX_NUM_BEAMS beams is 8 times the widest beam the default comparison grid tries; an article of MAX_SOURCE_LENGTH
+# tokens is 16 times what mt5_small_full.yaml reads (attention memory grows with its square).
+MAX_NEW_TOKENS = 1024
+MAX_NUM_BEAMS = 64
+MAX_SOURCE_LENGTH = 8192
+# More threads than any machine has cores only adds switching between them.
+MAX_THREADS = 1024
+# What every random generator accepts as a seed (numpy's: an unsigned 32-bit integer).
+MAX_SEED = 2**32 - 1
+
 
 @dataclass
 class ModelArguments:
@@ -123,9 +136,12 @@ class DataArguments:
     id_column: str = field(default="id", metadata={"help": "Field holding the record id."})
     source_prefix: str = field(default="", metadata={"help": "Text put before every article (e.g. 'summarize: ')."})
     max_source_length: int = field(
-        default=256, metadata={"help": "Articles are truncated to this many tokens.", "min": 1}
+        default=256,
+        metadata={"help": "Articles are truncated to this many tokens.", "min": 1, "max": MAX_SOURCE_LENGTH},
     )
-    max_target_length: int = field(default=64, metadata={"help": "Titles are truncated to this many tokens.", "min": 1})
+    max_target_length: int = field(
+        default=64, metadata={"help": "Titles are truncated to this many tokens.", "min": 1, "max": MAX_NEW_TOKENS}
+    )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Use only the first N training pairs.", "min": 1}
     )
@@ -185,6 +201,7 @@ class RunArguments:
             "help": "The longest title generated, in tokens, in evaluation and as the saved model's default "
             "(default: max_target_length).",
             "min": 1,
+            "max": MAX_NEW_TOKENS,
         },
     )
     generation_no_loops: bool | None = field(
@@ -230,7 +247,12 @@ class GenerationArguments:
     batch_size: int = field(default=16, metadata={"help": "Articles per generate call.", "min": 1})
     bf16: bool = field(default=False, metadata={"help": "Generate under bfloat16 autocast (transformers backend)."})
     seed: int = field(
-        default=42, metadata={"help": "Seed of sampling; a sampled title depends only on it and its article."}
+        default=42,
+        metadata={
+            "help": "Seed of sampling; a sampled title depends only on it and its article.",
+            "min": 0,
+            "max": MAX_SEED,
+        },
     )
     backend: str = field(
         default="auto",
@@ -244,7 +266,8 @@ class GenerationArguments:
         metadata={"help": "ct2 backend: CTranslate2's compute type (default: the export's weight type on CPU)."},
     )
     threads: int | None = field(
-        default=None, metadata={"help": "CPU threads for the model (default: the library's choice).", "min": 1}
+        default=None,
+        metadata={"help": "CPU threads for the model (default: the library's choice).", "min": 1, "max": MAX_THREADS},
     )
 
 
@@ -257,8 +280,12 @@ class DecodingArguments:
         metadata={"help": "Decoding preset: greedy, beam, beam_no_repeat, top_k, top_p or temperature (default: "
                   "the model's generation config)."},
     )  # fmt: skip
-    num_beams: int | None = field(default=None, metadata={"help": "Beam width (1 = greedy).", "min": 1})
-    max_new_tokens: int | None = field(default=None, metadata={"help": "Longest title, in tokens.", "min": 1})
+    num_beams: int | None = field(
+        default=None, metadata={"help": "Beam width (1 = greedy).", "min": 1, "max": MAX_NUM_BEAMS}
+    )
+    max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Longest title, in tokens.", "min": 1, "max": MAX_NEW_TOKENS}
+    )
     do_sample: bool | None = field(default=None, metadata={"help": "Sample instead of searching."})
     top_k: int | None = field(default=None, metadata={"help": "Sample from the k likeliest tokens (0: all).", "min": 0})
     top_p: float | None = field(
@@ -285,3 +312,10 @@ class DecodingArguments:
     def generate_arguments(self) -> dict[str, Any]:
         """The generate arguments set here (None: not set), without the strategy."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "strategy"}
+
+
+def train_settings() -> tuple[type, ...]:
+    """The settings of titlegen-train, in the order its recipe unpacks them (titlegen-estimate reads the same)."""
+    from transformers import Seq2SeqTrainingArguments  # here, not at the top: `--help` of other commands is faster
+
+    return ModelArguments, LoraArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments

@@ -21,6 +21,8 @@ QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "float16", "bfloat16", 
 DEFAULT_QUANTIZATION = "int8"
 # Written into every CTranslate2 export by titlegen-export; a folder that holds it is decoded by CTranslate2.
 EXPORT_MARKER = "titlegen_export.json"
+# What the marker says an export is: the engine refuses a marker of another format.
+EXPORT_FORMAT = "titlegen ctranslate2 export v1"
 
 
 def is_export(model_dir: str | Path) -> bool:

@@ -14,14 +14,17 @@ and random state, and ``state.json``, in a temporary folder renamed into place, 
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.data import atomic_output_dir, write_json
+from titlegen.data import atomic_output_dir, follow_umask, write_json
 from titlegen.outputs import check_output_folder
 
 logger = logging.getLogger(__name__)
@@ -125,6 +128,7 @@ def save_checkpoint(output_dir: str | Path, model, optimizer, scheduler, state: 
     final = Path(output_dir) / f"checkpoint-{state['step']}"
     with atomic_output_dir(final) as tmp:  # the folder appears complete or not at all
         save_file(trainable_state(model), tmp / _RL_WEIGHTS)
+        follow_umask(tmp)
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -169,6 +173,8 @@ def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool 
     check_output_folder(output_dir, "the run")
     if not output_dir.is_dir():
         return None
+    if is_main_process:  # before anything in it is looked at, or removed
+        lock_run_dir(output_dir)
     if resume:
         last = last_complete_checkpoint(output_dir)
         if is_main_process:
@@ -183,3 +189,45 @@ def prepare_run_dir(output_dir: str | Path, resume: bool, is_main_process: bool 
             f"{output_dir} already holds a run; pass --resume to continue it, or choose another --output_dir"
         )
     return None
+
+
+# The output_dirs this process holds a lock on, each with the open folder that holds it.
+_RUN_DIR_LOCKS: dict[Path, int] = {}
+
+
+def lock_run_dir(output_dir: str | Path) -> None:
+    """Takes an exclusive lock on a training run's output_dir (created if need be), held until the command that
+    took it ends (`releases_run_dir_locks`), so that two runs (a resumed one, say) never write one folder together;
+    the second is refused.
+
+    The lock is on the folder itself (flock), so that no lock file is left behind; taking it again is a no-op.
+    Only the main process of a distributed run takes it.
+    """
+    path = Path(output_dir).resolve()
+    if path in _RUN_DIR_LOCKS:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TitlegenError(
+            f"{output_dir}: another run is writing to this output_dir; wait for it to finish, or choose another "
+            "--output_dir"
+        ) from None
+    _RUN_DIR_LOCKS[path] = fd
+
+
+def releases_run_dir_locks(command):
+    """Decorates a training command: the output_dir locks it takes (`lock_run_dir`) are released when it returns."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        finally:
+            while _RUN_DIR_LOCKS:
+                os.close(_RUN_DIR_LOCKS.popitem()[1])
+
+    return run

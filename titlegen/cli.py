@@ -14,21 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.arguments import DataArguments, ModelArguments, RunArguments
+from titlegen.arguments import DataArguments, ModelArguments, RunArguments, train_settings
 from titlegen.backends import DEFAULT_QUANTIZATION, QUANTIZATIONS
 from titlegen.config import parse_args, settings_from
 from titlegen.corpus import DATA_ENV, default_download_dir, download
 from titlegen.data import read_jsonl
-from titlegen.engines.ct2 import export_model
+from titlegen.engines.export import export_model
 from titlegen.lifecycle import run_command
 from titlegen.lora import merge_adapter
 from titlegen.memory import estimate_training_memory, format_bytes, format_value, memory_settings, meta_model
 from titlegen.metrics import get_segmenter, tw_rouge
 from titlegen.model_folder import trained_settings
-from titlegen.outputs import check_writable_folder
+from titlegen.outputs import check_output_file, check_writable_folder
 from titlegen.plotting import plot_learning_curves, read_log_history
 from titlegen.prune import prune_vocabulary
-from titlegen.recipes.train import settings as train_settings
 from titlegen.showcase import showcase
 from titlegen.tokenizer import train_tokenizer
 
@@ -208,6 +207,7 @@ def _plot(argv: Sequence[str] | None) -> None:
     )
 
     output = args.output or str(Path(args.run_dir) / "learning_curves.png")
+    check_output_file(output)
     plot_learning_curves(read_log_history(args.run_dir), output, title=str(args.run_dir))
     print(f"wrote {output}")
 

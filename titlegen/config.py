@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import difflib
 import enum
+import math
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from titlegen import TitlegenError, __version__
+from titlegen.arguments import MAX_NEW_TOKENS, MAX_NUM_BEAMS, MAX_SEED
 from titlegen.corpus import expand_data_dir
 from titlegen.data import atomic_write_text
 
@@ -63,8 +65,10 @@ TRANSFORMERS_RANGES: dict[str, dict[str, float]] = {
     "per_device_train_batch_size": {"min": 1},
     "per_device_eval_batch_size": {"min": 1},
     "gradient_accumulation_steps": {"min": 1},
-    "generation_num_beams": {"min": 1},
-    "generation_max_length": {"min": 1},
+    "generation_num_beams": {"min": 1, "max": MAX_NUM_BEAMS},
+    "generation_max_length": {"min": 1, "max": MAX_NEW_TOKENS},
+    "seed": {"min": 0, "max": MAX_SEED},
+    "data_seed": {"min": 0, "max": MAX_SEED},
     "num_train_epochs": {"min_exclusive": 0},
     "learning_rate": {"min": 0},
     "weight_decay": {"min": 0},
@@ -79,9 +83,15 @@ TRANSFORMERS_RANGES: dict[str, dict[str, float]] = {
 
 
 def check_range(name: str, value: Any, bounds: Mapping[str, float], source: str) -> None:
-    """Raises `TitlegenError` when a number lies outside `bounds` (``min``, ``min_exclusive``, ``max``)."""
+    """Raises `TitlegenError` when a number is not finite (NaN, infinity) or lies outside `bounds` (``min``,
+    ``min_exclusive``, ``max``).
+
+    Every comparison with NaN is false, so a NaN would pass any range; an infinity is no setting either.
+    """
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TitlegenError(f"{source}: {name} must be a finite number, got {value}")
     if "min" in bounds and value < bounds["min"]:
         raise TitlegenError(f"{source}: {name} must be at least {bounds['min']}, got {value}")
     if "min_exclusive" in bounds and value <= bounds["min_exclusive"]:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def check_record(
         value = record[name]
         if not isinstance(value, str):
             raise DataError(f"{where}: field '{name}' must be a string, got {type(value).__name__}")
-        if not value.strip() and name not in may_be_empty:
+        if is_blank(value) and name not in may_be_empty:
             raise DataError(f"{where}: field '{name}' is empty")
         surrogate = _unpaired_surrogate(value)
         if surrogate is not None:
@@ -144,11 +145,28 @@ def _unpaired_surrogate(text: str) -> str | None:
     return None
 
 
+def is_blank(text: str) -> bool:
+    """Whether a text shows nothing: only whitespace and invisible format characters (Unicode's category Cf:
+    zero-width spaces and joiners, byte-order marks), which a model would title with an invisible title."""
+    return all(c.isspace() or unicodedata.category(c) == "Cf" for c in text)
+
+
 def _umask() -> int:
     """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def follow_umask(folder: str | Path) -> None:
+    """Gives the safetensors files of a folder the permissions that the umask gives any other file.
+
+    safetensors writes its files private (0600) whatever the umask, unlike every other file of a model folder,
+    so another account could not load a model written into a shared folder.
+    """
+    mode = 0o666 & ~_umask()
+    for path in Path(folder).glob("*.safetensors"):
+        path.chmod(mode)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -168,8 +186,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk, say: name the file written
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -201,10 +221,11 @@ def split_records(records: list[dict], percentage: float, seed: int) -> tuple[li
 def atomic_output_dir(path: str | Path) -> Iterator[Path]:
     """Yields a temporary folder that becomes `path` when the block succeeds, and vanishes when it fails.
 
-    An existing file or non-empty folder at `path` is refused, so a finished output is never overwritten.
+    An existing file (a device or pipe included) or non-empty folder at `path` is refused, so a finished output is
+    never overwritten, and before any work.
     """
     path = Path(path)
-    if path.is_file() or (path.is_dir() and any(path.iterdir())):
+    if (path.exists() and not path.is_dir()) or (path.is_dir() and any(path.iterdir())):
         raise TitlegenError(f"{path} already exists; choose another output folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -6,6 +6,10 @@ here is a no-op.
 
 from __future__ import annotations
 
+import os
+
+from titlegen import TitlegenError
+
 
 def _world_size() -> int:
     import torch.distributed as dist
@@ -52,3 +56,27 @@ def shut_down() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def fsdp_version(training_args) -> int | None:
+    """The FSDP version a run asks for (1 or 2), or None without FSDP.
+
+    FSDP comes from an accelerate config of ``distributed_type: FSDP`` (``accelerate launch`` passes it on as
+    ACCELERATE_USE_FSDP and FSDP_VERSION, version 1 when the config names none), or from ``--fsdp`` in the
+    training settings (transformers' default: version 2).
+    """
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    if training_args.fsdp:
+        return int((training_args.fsdp_config or {}).get("version", 2))
+    return None
+
+
+def check_fsdp(training_args) -> None:
+    """Refuses, before any work, what a run cannot do under the FSDP it asks for (`fsdp_version`)."""
+    if training_args.predict_with_generate and fsdp_version(training_args) == 1:
+        # FSDP2 gathers each block's weights as generate reaches it (tested: the same titles as DDP).
+        raise TitlegenError(
+            "predict_with_generate fails under FSDP version 1 (transformers#21667): use fsdp_version 2 "
+            "(trainer_args/accelerate/fsdp_mt5.yaml), or set predict_with_generate false"
+        )

@@ -17,7 +17,9 @@ and `run_command` turns every `TitlegenError` raised on the way into one line on
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -30,6 +32,15 @@ def run_command(main: Callable[[Sequence[str] | None], object], argv: Sequence[s
         main(argv)
     except TitlegenError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # A full disk is no bug: outputs are written atomically and resumably, so the rerun, once there is room,
+        # loses nothing.
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{os.strerror(err.errno).lower()}; free some space and run the command again",
+              file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or `titlegen.callbacks.Interrupted` after a checkpoint
         print(f"interrupted: {err}" if str(err) else "interrupted", file=sys.stderr)

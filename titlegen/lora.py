@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.data import atomic_output_dir
+from titlegen.data import atomic_output_dir, follow_umask
 from titlegen.model_folder import ADAPTER_CONFIG, load_model, load_tokenizer
 
 ATTENTION_MODULES = ("q", "k", "v", "o")  # mT5's attention projections; its feed-forward layers: wi_0, wi_1, wo
@@ -71,6 +71,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path) -> None:
         model = load_model(str(adapter_dir), merge_adapter=True)
         tokenizer = load_tokenizer(str(adapter_dir))
         model.save_pretrained(tmp)
+        follow_umask(tmp)
         tokenizer.save_pretrained(tmp)
         if (adapter_dir / "run_config.yaml").is_file():
             shutil.copyfile(adapter_dir / "run_config.yaml", tmp / "run_config.yaml")

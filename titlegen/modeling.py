@@ -125,6 +125,28 @@ def untie_output_layer(model) -> None:
     model.all_tied_weights_keys.pop("lm_head.weight", None)
 
 
+def share_embedding_module(model) -> bool:
+    """Makes a T5-family model's encoder and decoder look tokens up in its ``shared`` module itself.
+
+    transformers 5 gives ``encoder.embed_tokens`` and ``decoder.embed_tokens`` modules of their own, tied to
+    ``shared.weight``. FSDP2 (torch 2.13) refuses a parameter held by two FSDP groups, and accelerate puts
+    ``shared`` (with ``lm_head`` when tied) in a group of its own while the two look-up modules stay in the root
+    group: "Parameter 'shared.weight' is shared with a parameter already managed by another FSDP group". One
+    module in three places is one parameter in one group. Forward, state dict and saved files stay the same.
+
+    Returns:
+        Whether the model had such tied look-ups (False, and nothing changed, for any other model).
+    """
+    shared = getattr(model, "shared", None)
+    stacks = [getattr(model, name, None) for name in ("encoder", "decoder")]
+    stacks = [s for s in stacks if s is not None and hasattr(s, "embed_tokens")]
+    if shared is None or not stacks or any(s.embed_tokens.weight is not shared.weight for s in stacks):
+        return False
+    for stack in stacks:
+        stack.embed_tokens = shared
+    return True
+
+
 def count_parameters(model) -> tuple[int, int]:
     """Returns (trainable, total) parameter counts; tied weights count once."""
     seen: dict[int, object] = {}
@@ -141,7 +163,7 @@ def starting_model(model_args, training_args, texts: Callable[[], Iterable[str]]
 
     Args:
         model_args: `titlegen.arguments.ModelArguments`.
-        training_args: The run's ``Seq2SeqTrainingArguments``: under a launcher, process 0 of each machine trains
+        training_args: The run's ``Seq2SeqTrainingArguments``: under a launcher, the process that saves trains
             the tokenizer while the others wait, then load it.
         texts: Gives the training text (articles and titles) for a new tokenizer; called only when one is trained.
         output_dir: The run's folder; a new tokenizer is written to its ``tokenizer/``.
@@ -159,8 +181,11 @@ def starting_model(model_args, training_args, texts: Callable[[], Iterable[str]]
     elif resumed and tokenizer_dir.is_dir():  # the tokenizer the interrupted run trained
         tokenizer = load_tokenizer(str(tokenizer_dir))
     else:
-        with training_args.main_process_first(desc="training the tokenizer"):
-            if training_args.local_process_index > 0:
+        # Under a launcher, the process that saves trains it and the others wait, then load it: process 0 alone when
+        # output_dir is shared by the machines (the default), process 0 of each machine with save_on_each_node, as
+        # transformers saves checkpoints. Two machines writing one shared folder at once would race.
+        with training_args.main_process_first(local=training_args.save_on_each_node, desc="training the tokenizer"):
+            if not training_args.should_save:
                 tokenizer = load_tokenizer(str(tokenizer_dir))
             else:
                 logger.info("training a %s SentencePiece tokenizer of at most %d tokens",
@@ -178,7 +203,13 @@ def starting_model(model_args, training_args, texts: Callable[[], Iterable[str]]
     return tokenizer, build_model(model_args.model_type, tokenizer, model_args.config_overrides)
 
 
-def adapt_for_training(model, lora_args, freeze_encoder_weights: bool = False, freeze_embedding_weights: bool = False):
+def adapt_for_training(
+    model,
+    lora_args,
+    freeze_encoder_weights: bool = False,
+    freeze_embedding_weights: bool = False,
+    fsdp: bool = False,
+):
     """The model as a run trains it: parts frozen as asked, then LoRA adapters when ``lora_args.use_lora``.
 
     One set-up for titlegen-train, titlegen-rl and the memory estimate (`titlegen.memory.meta_model`), so that what
@@ -189,6 +220,8 @@ def adapt_for_training(model, lora_args, freeze_encoder_weights: bool = False, f
         lora_args: `titlegen.arguments.LoraArguments`.
         freeze_encoder_weights: Train only the decoder (`freeze_encoder`).
         freeze_embedding_weights: Keep the token embeddings fixed (`freeze_embeddings`).
+        fsdp: The run shards the model with FSDP: one FSDP group for the embedding's one weight
+            (`share_embedding_module`).
 
     Returns:
         The model to train: `model` itself, or the peft model around it.
@@ -197,6 +230,8 @@ def adapt_for_training(model, lora_args, freeze_encoder_weights: bool = False, f
         logger.info("froze %d encoder parameters", freeze_encoder(model))
     if freeze_embedding_weights:
         logger.info("froze %d embedding parameters", freeze_embeddings(model))
+    if fsdp:
+        share_embedding_module(model)
     if lora_args.use_lora:
         model = add_lora(
             model, lora_args.lora_r, lora_args.lora_alpha, lora_args.lora_dropout, lora_args.lora_target_modules

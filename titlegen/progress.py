@@ -58,9 +58,11 @@ class PredictionProgress:
         self.path = Path(f"{output_path}{SUFFIX}")
         self.fingerprint = fingerprint
         self._file = None
+        self._created = False
 
     def __enter__(self) -> PredictionProgress:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._created = not self.path.exists()
         file = open(self.path, "a+b")  # created with the umask's permissions, like any file; never truncated here
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +75,10 @@ class PredictionProgress:
         self._file = file
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
+        # A run that fails before `load` (the model did not load, say) leaves no empty side file of its own behind.
+        if kind is not None and self._created and self._file.tell() == 0 and self.path.stat().st_size == 0:
+            self.path.unlink(missing_ok=True)
         self._file.close()  # releases the lock
         self._file = None
 
@@ -111,17 +116,20 @@ class PredictionProgress:
     def _rewrite(self, data: bytes) -> None:
         # In place, not through a rename: the lock belongs to this file.
         self._file.truncate(0)
-        self._file.write(data)
-        self._sync()
+        self._write(data)
 
-    def _sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    def _write(self, data: bytes) -> None:
+        """Appends `data` and forces it to disk."""
+        try:
+            self._file.write(data)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:  # a full disk, say: the message names the file, which a write error does not
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def append(self, records: Iterable[dict]) -> None:
         """Adds finished ``{"title", "id"}`` records and forces them to disk."""
-        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
-        self._sync()
+        self._write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
 
     def finish(self, output_path: str | Path, records: Iterable[dict]) -> None:
         """Writes the whole output atomically, then deletes the side file."""

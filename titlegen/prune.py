@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.data import atomic_output_dir, normalize_text, write_json
+from titlegen.data import atomic_output_dir, follow_umask, normalize_text, write_json
 from titlegen.model_folder import load_model, load_tokenizer
 from titlegen.modeling import count_parameters
 from titlegen.preprocessing import source_texts
@@ -165,6 +165,7 @@ def prune_vocabulary(model_dir: str, texts: Iterable[str], output_dir: str | Pat
         prune_model(model, kept)
         sizes = {"vocab_size": [vocab_size, len(kept)], "parameters": [parameters, count_parameters(model)[1]]}
         model.save_pretrained(tmp)
+        follow_umask(tmp)
         pruned_tokenizer.save_pretrained(tmp)
         if spiece := _sentencepiece_file(tokenizer, model_dir):
             (tmp / "spiece.model").write_bytes(prune_sentencepiece(spiece, kept, tokenizer))

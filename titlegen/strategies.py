@@ -163,8 +163,8 @@ def load_grid(path: str | Path) -> list[dict[str, Any]]:
         settings = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise TitlegenError(f"{path}: cannot read grid ({err.strerror})") from err
-    except yaml.YAMLError as err:
-        raise TitlegenError(f"{path}: not valid YAML: {err}") from err
+    except yaml.YAMLError as err:  # PyYAML's message spans several lines, with the text it stopped at
+        raise TitlegenError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from err
     return check_grid(settings, str(path))
 
 

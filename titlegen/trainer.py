@@ -12,7 +12,10 @@ from transformers import LogitsProcessorList, Seq2SeqTrainer
 from titlegen import TitlegenError
 from titlegen.callbacks import NonFiniteLossGuard, StopOnSignal
 from titlegen.characters import byte_piece_ids
-from titlegen.engines.ct2 import padded, training_engine
+from titlegen.data import follow_umask
+from titlegen.distributed import fsdp_version
+from titlegen.engines.ct2 import padded
+from titlegen.engines.export import training_engine
 from titlegen.generation import is_article_tokens_only, title_guards
 from titlegen.loops import is_no_loops
 from titlegen.loss import title_loss
@@ -28,6 +31,8 @@ class TitleTrainer(Seq2SeqTrainer):
     ``Seq2SeqTrainer.prediction_step`` fills the model's generation config with generate's defaults in
     place (transformers 5.23), so after the first evaluation it carries ``max_length=20`` beside
     ``max_new_tokens``: every later ``generate`` warns, and checkpoints are saved with that config.
+
+    Under FSDP and DeepSpeed, a saved model holds the tied embedding once (see `without_tied_copies`).
     """
 
     def __init__(self, *args, generation_backend: str = "transformers", **kwargs):
@@ -36,6 +41,14 @@ class TitleTrainer(Seq2SeqTrainer):
         self._engine = None  # the CTranslate2 engine of the evaluation under way
         tokenizer = self.processing_class
         self._byte_ids = byte_piece_ids(tokenizer) if tokenizer is not None else {}  # for the whole-character guard
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Saves the model as transformers does, the tied embedding once (`without_tied_copies`) and the weights
+        readable as the umask says (`follow_umask`)."""
+        if state_dict is not None:  # gathered by FSDP or DeepSpeed, a tensor per name
+            state_dict = without_tied_copies(self.accelerator.unwrap_model(self.model), state_dict)
+        super()._save(output_dir, state_dict)
+        follow_umask(output_dir if output_dir is not None else self.args.output_dir)
 
     def evaluate(self, *args, **kwargs):
         with self._ct2_engine():
@@ -150,7 +163,7 @@ def title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval
     if training_args.predict_with_generate:
         segmenter = get_segmenter(run_args.segmenter)
         compute_metrics = build_compute_metrics(tokenizer, segmenter, num_samples=len(eval_dataset), spans=eval_spans)
-    return TitleTrainer(
+    trainer = TitleTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -163,3 +176,28 @@ def title_trainer(model, tokenizer, training_args, run_args, train_dataset, eval
         callbacks=callbacks,
         generation_backend=run_args.generation_backend,
     )
+    if fsdp_version(training_args) and not trainer.is_fsdp_enabled:
+        # accelerate shards with FSDP on GPUs (and other accelerators) only; elsewhere it trains with DDP
+        # instead, without a word, and every process holds the whole model.
+        raise TitlegenError(
+            f"FSDP was asked for, but accelerate runs this as {trainer.accelerator.distributed_type.value} "
+            "(on CPU it does not shard): launch with trainer_args/accelerate/ddp_multi_gpu.yaml, or on GPUs"
+        )
+    return trainer
+
+
+def without_tied_copies(model, state_dict: dict) -> dict:
+    """`state_dict` without the copies of tied weights (``lm_head`` and the look-ups tied to ``shared``).
+
+    FSDP's full state dict and DeepSpeed's gather each name into a tensor of its own, so ``save_pretrained``, which
+    finds tied weights by their shared storage, would write mT5's embedding four times (seen with both on CPU).
+    ``from_pretrained`` ties them back.
+    """
+    import torch
+
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {
+        name: tensor
+        for name, tensor in state_dict.items()
+        if not (tied.get(name) in state_dict and torch.equal(tensor, state_dict[tied[name]]))
+    }

@@ -96,7 +96,15 @@ class TransformersEngine:
         return self.model.generation_config
 
     def check_decoding(self, seed: int | None = None, **generate_kwargs) -> None:
-        """transformers honours every generate argument (`titlegen.strategies` has checked them)."""
+        """transformers honours every generate argument (`titlegen.strategies` has checked them), but a model with
+        absolute positions (``max_position_embeddings``) cannot write a title longer than it has positions for.
+        mT5's are relative: titlegen's own bound (`titlegen.arguments.MAX_NEW_TOKENS`) is its only one."""
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        longest = generate_kwargs.get("max_new_tokens")
+        if positions and longest and longest > positions:
+            raise TitlegenError(
+                f"max_new_tokens {longest} is more than the model's {positions} positions (max_position_embeddings)"
+            )
 
     def generate_titles(self, articles: Sequence[str], **options) -> list[str]:
         return generate_titles(self.model, self.tokenizer, articles, bf16=self.bf16, **options)

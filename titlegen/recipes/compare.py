@@ -27,10 +27,13 @@ from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command
 from titlegen.metrics import get_segmenter
 from titlegen.model_folder import trained_settings
-from titlegen.outputs import check_output_folder
+from titlegen.outputs import check_not_special, check_output_folder
 from titlegen.plotting import plot_comparison
 from titlegen.recipes.predict import PredictFiles
 from titlegen.strategies import DEFAULT_GRID, decoding_arguments, load_grid, save_grid, setting_filename, setting_name
+
+# The files a comparison writes in its output_dir, beside predictions/<setting>.jsonl.
+OUTPUT_FILES = ("grid.yaml", "comparison.md", "comparison.csv", "comparison.png")
 
 
 @dataclass
@@ -74,6 +77,8 @@ def compare(argv: Sequence[str] | None = None) -> list[dict]:
     check_metric(compare_args.metric)
     output_dir = Path(compare_args.output_dir)
     check_output_folder(output_dir, "the comparison")
+    for name in OUTPUT_FILES:
+        check_not_special(output_dir / name, output_dir / name)
     segmenter = get_segmenter(scoring.segmenter)
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     trained = trained_settings(args.model_name_or_path)

@@ -24,7 +24,7 @@ from titlegen.config import parse_args, settings_from
 from titlegen.data import read_jsonl
 from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command
-from titlegen.memory import generation_advice, out_of_memory_advice
+from titlegen.memory_advice import generation_advice, out_of_memory_advice
 from titlegen.model_folder import model_files, trained_settings
 from titlegen.outputs import check_output_file
 from titlegen.progress import SUFFIX, PredictionProgress, run_fingerprint
@@ -63,19 +63,21 @@ def predict(argv: Sequence[str] | None = None) -> list[dict]:
     args, files, preprocessing, decoding = parse_args(settings(), argv, description=__doc__)
 
     # Everything that can be refused is refused before the model loads: the output path, the settings, the input.
-    check_output_file(files.output_file, [files.input_file], side_files=[SUFFIX])
+    check_output_file(files.output_file, [files.input_file], side_files=[SUFFIX], model=args.model_name_or_path)
     resolve_backend(args.model_name_or_path, args.backend)  # a folder the backend cannot read fails here
     generate_kwargs = decoding_arguments(decoding.strategy, **decoding.generate_arguments())
     trained = trained_settings(args.model_name_or_path, preprocessing)
     id_column, text_column = trained.id_column, trained.text_column
     records = read_jsonl(files.input_file, fields=(id_column, text_column), id_field=id_column)
 
-    engine = start_engine(args)
-    engine.check_decoding(seed=args.seed, **generate_kwargs)  # before anything is written
     # Titles of an interrupted run with the same settings, inputs and model are kept, not generated again.
     run_settings = {**vars(args), **vars(preprocessing), **vars(decoding), "input_file": files.input_file}
     fingerprint = run_fingerprint(run_settings, [files.input_file, *model_files(args.model_name_or_path)])
+    # The output's lock is taken before the model loads, so that a run on an output another run is writing is
+    # refused at once, not after the loading.
     with PredictionProgress(files.output_file, fingerprint) as progress:
+        engine = start_engine(args)
+        engine.check_decoding(seed=args.seed, **generate_kwargs)  # before anything is written
         finished = progress.load()
         done = {i: finished[r[id_column]] for i, r in enumerate(records) if r[id_column] in finished}
         if done:

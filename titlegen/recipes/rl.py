@@ -17,10 +17,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from titlegen.checkpoints import load_checkpoint, prepare_run_dir, save_checkpoint
+from titlegen.checkpoints import load_checkpoint, lock_run_dir, prepare_run_dir, releases_run_dir_locks, save_checkpoint
 from titlegen.config import save_run_config
 from titlegen.cpu import configure_process
-from titlegen.data import read_training_data, write_json
+from titlegen.data import follow_umask, read_training_data, write_json
 from titlegen.generation import title_decoding
 from titlegen.lifecycle import run_command, start_logging
 from titlegen.metrics import get_segmenter
@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_command(rl, argv)
 
 
+@releases_run_dir_locks
 def rl(argv: Sequence[str] | None = None) -> dict:
     args, sampling, model_args, lora_args, data_args, run_args, training_args = parse_rl_args(argv, __doc__)
     check_settings(model_args, data_args, run_args, training_args)
@@ -62,6 +63,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     train_records, eval_records = read_training_data(data_args, training_args.seed)
     start = load_model_folder(model_args.model_name_or_path)
     tokenizer, policy = start.tokenizer, start.model
+    lock_run_dir(output_dir)  # no other run writes output_dir while this one does
     save_run_config(output_dir, "titlegen-rl", *(args, sampling, model_args, lora_args, data_args, run_args),
                     training_args)  # fmt: skip
 
@@ -125,6 +127,7 @@ def rl(argv: Sequence[str] | None = None) -> dict:
     if lora_args.use_lora:
         policy = policy.merge_and_unload()
     policy.save_pretrained(output_dir)
+    follow_umask(output_dir)
     tokenizer.save_pretrained(output_dir)
     results = state.results(run_args.segmenter)
     write_json(output_dir / "eval_results.json", results)

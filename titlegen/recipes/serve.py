@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from titlegen import TitlegenError
-from titlegen.arguments import DecodingArguments
+from titlegen.arguments import MAX_NEW_TOKENS, MAX_NUM_BEAMS, DecodingArguments
 from titlegen.backends import resolve_backend
 from titlegen.config import parse_args
 from titlegen.engines import start_engine
@@ -27,7 +27,7 @@ from titlegen.lifecycle import run_command
 from titlegen.model_folder import trained_settings
 from titlegen.recipes import predict
 from titlegen.serving.app import create_app
-from titlegen.serving.schema import RequestRules
+from titlegen.serving.schema import RequestRules, check_limits
 from titlegen.serving.served_model import ServedModel
 from titlegen.serving.server import listen
 
@@ -37,7 +37,9 @@ class ServeArguments:
     """titlegen-serve's own settings: where it listens, and how it batches and bounds requests."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: every interface)."})
-    port: int = field(default=8000, metadata={"help": "Port to listen on (0: one the system chooses).", "min": 0})
+    port: int = field(
+        default=8000, metadata={"help": "Port to listen on (0: one the system chooses).", "min": 0, "max": 65535}
+    )
     batch_wait_ms: float = field(
         default=5.0,
         metadata={"help": "Milliseconds a request waits for others to share its generate call.", "min": 0},
@@ -51,6 +53,16 @@ class ServeArguments:
     )
     max_articles: int = field(default=128, metadata={"help": "Most articles in one request.", "min": 1})
     max_article_chars: int = field(default=20_000, metadata={"help": "Most characters in one article.", "min": 1})
+    request_max_num_beams: int = field(
+        default=8,
+        metadata={"help": "Widest beam a request may ask for; beyond it a request gets 400.", "min": 1,
+                  "max": MAX_NUM_BEAMS},
+    )  # fmt: skip
+    request_max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "Longest title a request may ask for, in tokens; beyond it a request gets 400.", "min": 1,
+                  "max": MAX_NEW_TOKENS},
+    )  # fmt: skip
     access_log: bool = field(default=True, metadata={"help": "Log every request (uvicorn's access log)."})
 
 
@@ -105,8 +117,14 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
         seed=args.seed,
         max_articles=server_args.max_articles,
         max_article_chars=server_args.max_article_chars,
+        request_max_num_beams=server_args.request_max_num_beams,
+        request_max_new_tokens=server_args.request_max_new_tokens,
     )
     defaults = rules.defaults  # a bad flag is refused here, before the model loads
+    try:
+        check_limits(defaults, rules)
+    except TitlegenError as err:
+        raise TitlegenError(f"command line: {str(err).removeprefix('request: ')}") from None
     return create_app(
         served_model(args, trained, defaults),
         rules,
@@ -118,7 +136,7 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
 
 
 def served_model(args, trained: dict, defaults: dict):
-    """The model a server titles with, started as titlegen-predict starts it (`titlegen.lifecycle.start_engine`).
+    """The model a server titles with, started as titlegen-predict starts it (`titlegen.engines.start_engine`).
 
     Args:
         args: `titlegen.arguments.GenerationArguments`.

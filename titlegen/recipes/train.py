@@ -16,16 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from titlegen import TitlegenError
-from titlegen.arguments import DataArguments, LoraArguments, ModelArguments, RunArguments
-from titlegen.checkpoints import prepare_run_dir
+from titlegen.arguments import train_settings
+from titlegen.checkpoints import lock_run_dir, prepare_run_dir, releases_run_dir_locks
 from titlegen.config import parse_args, save_run_config
 from titlegen.cpu import configure_process
 from titlegen.data import read_training_data, write_jsonl
-from titlegen.distributed import shut_down, wait_for_everyone
+from titlegen.distributed import check_fsdp, fsdp_version, shut_down, wait_for_everyone
 from titlegen.generation import decode_titles, title_decoding
 from titlegen.lifecycle import run_command, start_logging
 from titlegen.lora import merge_adapter
-from titlegen.memory import out_of_memory_advice, training_advice
+from titlegen.memory_advice import out_of_memory_advice, training_advice
 from titlegen.modeling import adapt_for_training, log_parameters, starting_model
 from titlegen.plotting import plot_learning_curves
 from titlegen.preprocessing import training_features
@@ -33,25 +33,26 @@ from titlegen.spans import encode_articles, uses_slots
 from titlegen.trainer import title_trainer
 
 logger = logging.getLogger("titlegen.train")
+settings = train_settings  # titlegen-train's settings, in the order `train` unpacks them
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        return run_command(train, argv)
+        code = run_command(train, argv)
+        if code == 0:
+            # A process that tears its group down while another still saves aborts ("terminate called without
+            # an active exception", seen with FSDP2 on gloo); after an error, the launcher ends the others.
+            wait_for_everyone()
+        return code
     finally:
         shut_down()
 
 
-def settings() -> tuple[type, ...]:
-    """The settings of titlegen-train, in the order `train` unpacks them."""
-    from transformers import Seq2SeqTrainingArguments  # here, not at the top: `--help` answers without transformers
-
-    return ModelArguments, LoraArguments, DataArguments, RunArguments, Seq2SeqTrainingArguments
-
-
+@releases_run_dir_locks
 def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     """Runs the recipe; `callbacks` are extra ``TrainerCallback`` objects (e.g. a benchmark's timers)."""
     model_args, lora_args, data_args, run_args, training_args = parse_args(settings(), argv, description=__doc__)
+    check_fsdp(training_args)
     if lora_args.use_lora and not model_args.model_name_or_path:
         raise TitlegenError(
             "use_lora adapts a pretrained model: set model_name_or_path (a hub id or a local model folder)"
@@ -76,7 +77,9 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
     )
     generation_config = title_decoding(model, run_args, data_args, training_args.generation_num_beams)
     model.generation_config = generation_config  # before LoRA: the base model, which the adapters leave in place
-    model = adapt_for_training(model, lora_args, model_args.freeze_encoder, model_args.freeze_embeddings)
+    model = adapt_for_training(
+        model, lora_args, model_args.freeze_encoder, model_args.freeze_embeddings, bool(fsdp_version(training_args))
+    )
     log_parameters(model)
 
     # Features, and the trainer (which refuses an evaluation backend that cannot decode as the model does).
@@ -89,6 +92,7 @@ def train(argv: Sequence[str] | None = None, callbacks: Sequence = ()) -> dict:
                             callbacks)  # fmt: skip
     # Written once the inputs have proved valid, so that a run refused for bad input leaves no output_dir.
     if training_args.should_save:
+        lock_run_dir(output_dir)  # no other run writes output_dir while this one does
         save_run_config(output_dir, "titlegen-train", model_args, lora_args, data_args, run_args, training_args)
 
     # Train, then save the model, its decoding settings, the state and the learning curves.

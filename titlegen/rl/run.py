@@ -12,7 +12,7 @@ from pathlib import Path
 
 from titlegen.checkpoints import load_trainable_state, trainable_state
 from titlegen.config import parse_args
-from titlegen.data import normalize_text, write_jsonl
+from titlegen.data import follow_umask, normalize_text, write_jsonl
 from titlegen.model_folder import trained_settings
 from titlegen.plotting import plot_rl_curves
 from titlegen.preprocessing import run_tokenize_fn
@@ -164,6 +164,7 @@ def save_trainable_weights(policy, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     save_file(trainable_state(policy), tmp)
     tmp.replace(path)
+    follow_umask(path.parent)
 
 
 def load_trainable_weights(policy, path: Path) -> None:

@@ -5,21 +5,17 @@ JSON and bad fields or values, 413 for too large a request, 503 when the server 
 full queue or a timeout; ``Retry-After`` says when to try again). Bad input never gives a 500.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: fastapi reads the handlers' annotations (``request: Request``) as
+# objects, and fastapi itself is imported inside `create_app`, so that titlegen-serve --help does not load it.
 import contextlib
 import logging
 import time
 from importlib import resources
 
-from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.exceptions import HTTPException
-
 from titlegen import TitlegenError
 from titlegen.serving.batching import Batcher, Busy
 from titlegen.serving.schema import RequestError, RequestRules, parse_request
-from titlegen.serving.served_model import ServedModel
+from titlegen.serving.served_model import DeadlinePassed, ServedModel
 from titlegen.strategies import STRATEGIES
 
 RETRY_AFTER_SECONDS = 1
@@ -34,7 +30,7 @@ def create_app(
     batch_wait: float = 0.005,
     max_queue: int = 256,
     timeout: float = 60.0,
-) -> FastAPI:
+) -> "FastAPI":  # noqa: F821 (imported below)
     """The application serving `engine`.
 
     Args:
@@ -43,12 +39,16 @@ def create_app(
         batch_size: Most articles in one generate call.
         batch_wait: Seconds a request waits for others to share its generate call.
         max_queue: Most articles waiting; a request beyond it gets a 503 at once.
-        timeout: Seconds a request may wait for its titles before it gets a 503.
+        timeout: Seconds a request may wait for its titles before it gets a 503; a generate call stops once
+            none of its requests waits any more, so that no request holds the server for longer.
     """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
 
-    def generate(articles, settings) -> list[str]:
+    def generate(articles, settings, deadline: float) -> list[str]:
         seed, decoding = settings
-        return engine.generate_titles(articles, batch_size=batch_size, seed=seed, **dict(decoding))
+        return engine.generate_titles(articles, batch_size=batch_size, seed=seed, deadline=deadline, **dict(decoding))
 
     batcher = Batcher(generate, batch_size=batch_size, batch_wait=batch_wait, max_queue=max_queue, timeout=timeout)
     metadata = engine.metadata()
@@ -96,6 +96,8 @@ def create_app(
             "limits": {
                 "max_articles": rules.max_articles,
                 "max_article_chars": rules.max_article_chars,
+                "request_max_num_beams": rules.request_max_num_beams,
+                "request_max_new_tokens": rules.request_max_new_tokens,
                 "batch_size": batch_size,
                 "max_queue": max_queue,
                 "timeout": timeout,
@@ -118,6 +120,8 @@ def create_app(
             generated = await batcher.titles(checked.articles, checked.settings)
         except Busy:
             raise
+        except DeadlinePassed:  # the generate call stopped at the timeout of its requests, this one's included
+            raise Busy(f"no titles within {timeout:g} s") from None
         except Exception as err:  # a fault of the server (out of memory, a bug), not of the request
             logger.exception("generating titles for %s articles failed", len(checked.articles))
             return JSONResponse({"error": f"internal error ({type(err).__name__}); see the server's log"}, 500)
@@ -133,8 +137,9 @@ def create_app(
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request's body, refused with a 413 as soon as it is known to exceed `limit` bytes."""
+async def _read_body(request, limit: int) -> bytes:
+    """The request's body (of a starlette ``Request``), refused with a 413 as soon as it is known to exceed `limit`
+    bytes."""
     too_large = RequestError(f"request body: more than {limit} bytes (max_articles x max_article_chars)", 413)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

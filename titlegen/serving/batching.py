@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-# generate(articles, settings) -> one title per article; settings are those of a request (see `Batcher.titles`).
-Generate = Callable[[Sequence[str], Hashable], list[str]]
+# generate(articles, settings, deadline) -> one title per article; settings are those of a request (see
+# `Batcher.titles`), deadline the `time.monotonic()` by which every request of the batch has had its answer.
+Generate = Callable[[Sequence[str], Hashable, float], list[str]]
 
 
 class Busy(Exception):
@@ -37,7 +39,10 @@ class Batcher:
     """Gathers the articles of concurrent requests with equal settings into batches for one generate call.
 
     Args:
-        generate: Titles a list of articles with one request's settings; runs on a worker thread.
+        generate: Titles a list of articles with one request's settings; runs on a worker thread. It is given
+            the time (`time.monotonic`) after which no request of the batch waits any more, and should stop
+            by then, so that no request holds the worker for longer than `timeout`
+            (see `titlegen.serving.served_model`).
         batch_size: Most articles in one call (a request with more is titled alone, in one call).
         batch_wait: Seconds the oldest waiting request waits for others to join its batch.
         max_queue: Most articles waiting; a request that would exceed it is refused at once.
@@ -143,9 +148,11 @@ class Batcher:
                 continue
             batch = self._generating = self._take(settings)
             articles = [article for job in batch for article in job.articles]
+            # Past the newest request's timeout no request of the batch waits for its titles any more.
+            deadline = time.monotonic() + max(job.arrival for job in batch) + self.timeout - loop.time()
             self.calls += 1
             try:
-                titles = await loop.run_in_executor(self._executor, self.generate, articles, settings)
+                titles = await loop.run_in_executor(self._executor, self.generate, articles, settings, deadline)
             except Exception as err:  # the requests of this batch get the error; the server goes on
                 for job in batch:
                     if not job.future.done():

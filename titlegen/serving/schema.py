@@ -43,6 +43,8 @@ class RequestRules:
         seed: The sampling seed of requests that give none.
         max_articles: Most articles in one request.
         max_article_chars: Most characters in one article.
+        request_max_num_beams: Widest beam a request may decode with.
+        request_max_new_tokens: Longest title a request may ask for, in tokens.
     """
 
     text_column: str = "maintext"
@@ -53,6 +55,8 @@ class RequestRules:
     seed: int = 42
     max_articles: int = 64
     max_article_chars: int = 20_000
+    request_max_num_beams: int = 8
+    request_max_new_tokens: int = 128
 
     @classmethod
     def for_settings(cls, decoding: type, **rules) -> RequestRules:
@@ -111,6 +115,8 @@ def parse_request(body: bytes, rules: RequestRules) -> TitleRequest:
         value = json.loads(text)
     except json.JSONDecodeError as err:
         raise RequestError(f"request body: {json_error(err)}") from None
+    except RecursionError:  # Python's decoder recurses once per level of nesting
+        raise RequestError("request body: JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise RequestError(f"request body: expected a JSON object, got {type(value).__name__}")
 
@@ -160,6 +166,7 @@ def parse_request(body: bytes, rules: RequestRules) -> TitleRequest:
             decoding = decoding_arguments(strategy, source="request", **{**rules.overrides, **_not_none(given)})
     except TitlegenError as err:
         raise RequestError(str(err)) from None
+    check_limits(decoding, rules)
     return TitleRequest(
         ids=[r[rules.id_column] for r in articles],
         articles=[r[rules.text_column] for r in articles],
@@ -167,6 +174,22 @@ def parse_request(body: bytes, rules: RequestRules) -> TitleRequest:
         seed=rules.seed if value.get("seed") is None else value["seed"],
         decoding=decoding,
     )
+
+
+def check_limits(decoding: Mapping[str, Any], rules: RequestRules) -> None:
+    """Refuses a request whose beams or title length pass the server's limits: one such request would hold the
+    only generation worker, and the memory of the machine, for every other request.
+
+    Raises:
+        RequestError: 400, naming the field and the limit's setting.
+    """
+    for name, limit, setting in (
+        ("num_beams", rules.request_max_num_beams, "request_max_num_beams"),
+        ("max_new_tokens", rules.request_max_new_tokens, "request_max_new_tokens"),
+    ):
+        value = decoding.get(name)
+        if value is not None and value > limit:
+            raise RequestError(f"request: {name} {value} is more than the server's limit of {limit} ({setting})")
 
 
 def _check_type(name: str, value: Any, kind: type) -> None:

@@ -5,11 +5,16 @@ The server calls only `ServedModel.generate_titles` and `ServedModel.metadata`, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from titlegen.modeling import count_parameters
 from titlegen.strategies import GUARDS_OFF, NEUTRAL
+
+
+class DeadlinePassed(Exception):
+    """A generate call stopped at its deadline: no request waits for its titles any more."""
 
 
 class ServedModel:
@@ -28,8 +33,29 @@ class ServedModel:
         self.max_source_length = max_source_length
         self.source_prefix = source_prefix
 
-    def generate_titles(self, articles: Sequence[str], *, batch_size: int, seed: int, **decoding) -> list[str]:
-        """One title per article, in the order of `articles`, as `titlegen.generation.generate_titles`."""
+    def generate_titles(
+        self, articles: Sequence[str], *, batch_size: int, seed: int, deadline: float | None = None, **decoding
+    ) -> list[str]:
+        """One title per article, in the order of `articles`, as `titlegen.generation.generate_titles`.
+
+        Args:
+            deadline: A `time.monotonic()` at which to stop: transformers' generate stops within a decoding step
+                of it (its ``max_time``), and no batch starts after it. CTranslate2 has no such bound, so with
+                it a batch that has started runs to its end.
+
+        Raises:
+            DeadlinePassed: when the deadline came before every title was written.
+        """
+        options = {}
+        if deadline is not None:
+            if self.engine.backend == "transformers":
+                options["max_time"] = max(deadline - time.monotonic(), 0.0)
+
+            def stop_at_deadline(indices, titles) -> None:
+                if time.monotonic() >= deadline:  # a title cut short by max_time is never answered
+                    raise DeadlinePassed(f"{len(articles)} articles")
+
+            options["on_batch"] = stop_at_deadline
         return self.engine.generate_titles(
             articles,
             batch_size=batch_size,
@@ -38,6 +64,7 @@ class ServedModel:
             seed=seed,
             progress=False,
             **decoding,
+            **options,
         )
 
     def check_decoding(self, seed: int, **decoding) -> None:
