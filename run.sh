@@ -13,6 +13,12 @@ if [ $# -lt 2 ]; then
 fi
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 model="${TITLEGEN_MODEL:-$here/outputs/mt5_small_full}"
+# A folder path that names nothing (a hub id such as google/mt5-small is left to titlegen-predict).
+if [ ! -e "$model" ] && { [ -z "${TITLEGEN_MODEL:-}" ] || [[ "$model" == /* || "$model" == .* ]]; }; then
+    echo "run.sh: no model at '$model' (\$TITLEGEN_MODEL); train one with 'make train' (it writes" \
+        "outputs/mt5_small_full) or 'make demo' (outputs/demo), or set TITLEGEN_MODEL to a model folder" >&2
+    exit 2
+fi
 input="$1"
 output="$2"
 shift 2

@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--skip_ray", action="store_true", help="leave out the Ray Data rows")
     args = parser.parse_args()
 
-    from titlegen.engines.ct2 import export_model
+    from titlegen.engines.export import export_model
 
     model = offline_model(
         args.model, WORKDIR / "model", "--max_steps", str(args.train_steps), "--eval_strategy", "no",

@@ -8,8 +8,11 @@ import torch
 from bench import gpu_check
 from bench.peft_cost import SETTINGS, measure
 
+from .conftest import real_data
+
 
 def test_every_setting_trains_and_reports_its_cost(trained_dir):
+    real_data("lcsts/train.zh-tw.jsonl")  # the benchmark's articles
     threads = torch.get_num_threads()  # measure() sets the thread count of its process
     try:
         results = {s: measure(s, str(trained_dir), batch_size=2, steps=1, threads=1) for s in SETTINGS}

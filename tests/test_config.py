@@ -155,3 +155,20 @@ def test_each_setting_is_declared_once():
             continue
         shortest = min(declarations, key=lambda d: len(d[1]))
         assert all(kind == shortest[0] and text.startswith(shortest[1]) for kind, text in declarations), name
+
+
+def test_no_evaluations_beside_settings_that_compare_them_is_one_line(capsys):
+    config = str(ROOT / "trainer_args" / "mt5_small_full.yaml")
+    with pytest.raises(TitlegenError) as raised:
+        parse_args(TRAIN_TYPES, ["--config", config, "--eval_strategy", "no"])
+    assert str(raised.value) == (
+        f"command line: eval_strategy 'no' leaves no evaluations for load_best_model_at_end True ({config}), "
+        f"early_stopping_patience 3 ({config}) to compare; turn them off as well, or choose an eval_strategy"
+    )
+    argv = ["--config", config, "--eval_strategy", "no", "--load_best_model_at_end", "false"]
+    with pytest.raises(TitlegenError, match=rf"leaves no evaluations for early_stopping_patience 3 \({config}\)"):
+        parse_args(TRAIN_TYPES, argv)  # transformers' EarlyStoppingCallback would assert, after the model loads
+    with pytest.raises(TitlegenError) as raised:  # transformers' own check, in one line naming the file
+        parse_args(TRAIN_TYPES, ["--config", config, "--save_strategy", "steps"])
+    assert str(raised.value).startswith(f"{config}: --load_best_model_at_end requires the save and eval strategy")
+    assert "\n" not in str(raised.value)

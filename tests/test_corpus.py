@@ -14,15 +14,22 @@ from titlegen.config import load_config_file
 from titlegen.corpus import DATA_ENV, OPENCC, SHA256, data_dir, download, lcsts_records, traditional
 from titlegen.data import write_jsonl
 
-from .conftest import ROOT, SHARED_DATA
+from .conftest import ROOT, real_data
 
-ORIGINALS = {
-    "train.tsv": SHARED_DATA / "lcsts/original/clge_lcsts_train.tsv",
-    "val.tsv": SHARED_DATA / "lcsts/original/clge_lcsts_val.tsv",
-    "test.tsv": SHARED_DATA / "lcsts/original/clge_lcsts_test.tsv",
-    "sample_test.jsonl": SHARED_DATA / "adl-news/sample_test.jsonl",
-    "sample_submission.jsonl": SHARED_DATA / "adl-news/sample_submission.jsonl",
+# The original files, as the data folder keeps them (titlegen-data writes them into lcsts/original too).
+ORIGINAL_PATHS = {
+    "train.tsv": "lcsts/original/clge_lcsts_train.tsv",
+    "val.tsv": "lcsts/original/clge_lcsts_val.tsv",
+    "test.tsv": "lcsts/original/clge_lcsts_test.tsv",
+    "sample_test.jsonl": "adl-news/sample_test.jsonl",
+    "sample_submission.jsonl": "adl-news/sample_submission.jsonl",
 }
+
+
+@pytest.fixture
+def originals() -> dict[str, Path]:
+    """The original files in the data folder; the test is skipped without them."""
+    return {name: real_data(path) for name, path in ORIGINAL_PATHS.items()}
 
 
 def sha256(path: Path) -> str:
@@ -30,17 +37,17 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture
-def source(tmp_path) -> Path:
+def source(originals, tmp_path) -> Path:
     """A local copy of the original files under their upstream names, as a user without network would make."""
     folder = tmp_path / "originals"
     folder.mkdir()
-    for name, path in ORIGINALS.items():
+    for name, path in originals.items():
         (folder / name).symlink_to(path)
     return folder
 
 
-def test_the_pinned_checksums_are_those_of_the_original_files():
-    assert {name: sha256(path) for name, path in ORIGINALS.items()} == SHA256
+def test_the_pinned_checksums_are_those_of_the_original_files(originals):
+    assert {name: sha256(path) for name, path in originals.items()} == SHA256
 
 
 def test_written_files_equal_the_development_copy(source, tmp_path, capsys, monkeypatch):
@@ -53,18 +60,19 @@ def test_written_files_equal_the_development_copy(source, tmp_path, capsys, monk
     expected += [f"lcsts/{split}.zh-cn.jsonl" for split in ("test", "train", "validation")]
     assert written == [Path(name) for name in expected]
     for name in written:
-        assert sha256(out / name) == sha256(SHARED_DATA / name), name
+        assert sha256(out / name) == sha256(real_data(str(name))), name
+    for name, path in ORIGINAL_PATHS.items():  # the originals are kept, so that these tests run on the folder
+        assert sha256(out / path) == SHA256[name], name
     printed = capsys.readouterr().out
     assert str(out / "lcsts/train.zh-cn.jsonl") in printed
     assert "note: no Traditional Chinese files (zh-tw)" in printed and OPENCC in printed
 
 
 @pytest.mark.slow
-def test_traditional_chinese_equals_the_development_copy(tmp_path):
-    originals = {name: path.read_bytes() for name, path in ORIGINALS.items()}
-    records = traditional(lcsts_records(originals)["test"])
+def test_traditional_chinese_equals_the_development_copy(originals, tmp_path):
+    records = traditional(lcsts_records({name: path.read_bytes() for name, path in originals.items()})["test"])
     write_jsonl(tmp_path / "test.zh-tw.jsonl", records)
-    assert sha256(tmp_path / "test.zh-tw.jsonl") == sha256(SHARED_DATA / "lcsts/test.zh-tw.jsonl")
+    assert sha256(tmp_path / "test.zh-tw.jsonl") == sha256(real_data("lcsts/test.zh-tw.jsonl"))
 
 
 def test_a_file_that_fails_its_checksum_is_refused(source, tmp_path):
@@ -92,7 +100,10 @@ def test_the_data_folder_is_one_setting(monkeypatch, tmp_path):
     values = load_config_file(str(ROOT / "trainer_args/tiny_offline.yaml"), types)
     assert values["train_file"] == f"{tmp_path}/lcsts/train.zh-tw.jsonl"
     monkeypatch.delenv(DATA_ENV)
-    monkeypatch.chdir(ROOT)
+    checkout = tmp_path / "work" / "titlegen"  # a checkout beside a shared/data folder, as on the development machine
+    checkout.mkdir(parents=True)
+    (tmp_path / "work" / "shared" / "data").mkdir(parents=True)
+    monkeypatch.chdir(checkout)
     assert data_dir() == Path("../shared/data")
     monkeypatch.chdir(tmp_path)  # no ../shared/data here: the folder titlegen-data writes by default
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -6,7 +6,7 @@ from rouge import Rouge
 from titlegen.cli import evaluate_main
 from titlegen.metrics import JiebaSegmenter
 
-from .conftest import SHARED_DATA
+from .conftest import real_data
 
 
 def write(path, records):
@@ -37,11 +37,12 @@ def test_missing_predictions_are_an_error(tmp_path, capsys):
 @pytest.mark.slow
 def test_parity_with_the_course_eval_on_real_titles(tmp_path, capsys):
     """On the 10 genuine course titles, scores equal the course's eval.py with the same segmenter."""
-    refs = [json.loads(line) for line in (SHARED_DATA / "adl-news/sample_submission.jsonl").open(encoding="utf-8")]
+    submission = real_data("adl-news/sample_submission.jsonl")
+    refs = [json.loads(line) for line in submission.open(encoding="utf-8")]
     # A made-up submission: every reference title cut to its first half.
     preds = [{"title": r["title"][: len(r["title"]) // 2], "id": r["id"]} for r in refs]
     pred = write(tmp_path / "pred.jsonl", preds)
-    assert evaluate_main(["-r", str(SHARED_DATA / "adl-news/sample_submission.jsonl"), "-s", str(pred),
+    assert evaluate_main(["-r", str(submission), "-s", str(pred),
                           "--segmenter", "jieba"]) == 0  # fmt: skip
     got = json.loads(capsys.readouterr().out)
     # The course's eval.py: titles stripped, segmented, joined with spaces, Rouge().get_scores(avg=True).

@@ -18,7 +18,7 @@ from titlegen.recipes.predict import predict
 from titlegen.recipes.train import main as train_main
 from titlegen.recipes.train import train
 
-from .conftest import ARTICLES, NO_EVAL, ROOT, SHARED_DATA, read_lines, tiny_train_args
+from .conftest import ARTICLES, NO_EVAL, ROOT, read_lines, real_data, tiny_train_args
 
 
 def test_training_writes_a_reproducible_run(trained_dir):
@@ -89,7 +89,7 @@ def test_length_sorted_batches_keep_input_order(trained_dir):
 @pytest.mark.slow
 def test_run_sh_on_the_course_format(trained_dir, tmp_path):
     """bash run.sh IN OUT on the 10 genuine course articles (newlines, long texts, Latin and digits)."""
-    sample = SHARED_DATA / "adl-news" / "sample_test.jsonl"
+    sample = real_data("adl-news/sample_test.jsonl")
     out = tmp_path / "submission.jsonl"
     env = {**os.environ, "TITLEGEN_MODEL": str(trained_dir), "PYTHON": sys.executable}
     result = subprocess.run(["bash", str(ROOT / "run.sh"), str(sample), str(out)], env=env, capture_output=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -498,3 +499,24 @@ def test_a_request_at_the_limits_holds_the_server_no_longer_than_its_timeout(tra
         assert slow_steps and slow_steps[-1] - start < 1 + 0.2 * 2
         monkeypatch.setattr(torch.nn.Module, "__call__", forward)
         assert client.post("/v1/titles", json={"articles": [ARTICLE]}).status_code == 200, "the server goes on"
+
+
+def test_a_preset_keeps_the_guards_the_model_was_saved_with(trained_dir, tmp_path):
+    """The page's cards (greedy, beam, ...) title as the model's own decoding would, guards included, unless a
+    request turns a guard off by name."""
+    guarded = tmp_path / "guarded"
+    shutil.copytree(trained_dir, guarded)
+    config = json.loads((guarded / "generation_config.json").read_text())
+    (guarded / "generation_config.json").write_text(json.dumps({**config, "article_tokens_only": True,
+                                                                "no_loops": True}))  # fmt: skip
+    articles = {r["id"]: r["maintext"] for r in RECORDS}
+    with running(app_for(guarded)) as client:
+        for strategy in ("greedy", "beam", "beam_no_repeat"):
+            answer = client.post("/v1/titles", json={**BODY, "strategy": strategy}).json()
+            titles = {t["id"]: t["title"] for t in answer["titles"]}
+            assert all(set(title) - {" "} <= set(articles[i]) for i, title in titles.items()), (strategy, titles)
+            assert titles == predicted(guarded, tmp_path, "--strategy", strategy), strategy
+        off = {**BODY, "strategy": "greedy", "article_tokens_only": False, "no_loops": False}
+        unguarded = {t["id"]: t["title"] for t in client.post("/v1/titles", json=off).json()["titles"]}
+    assert unguarded == predicted(guarded, tmp_path, "--strategy", "greedy", "--article_tokens_only", "false",
+                                  "--no_loops", "false")  # fmt: skip

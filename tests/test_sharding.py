@@ -69,7 +69,7 @@ def test_the_launchers_variables_are_read_and_checked():
 
 @pytest.fixture(scope="module")
 def export_dir(trained_dir, tmp_path_factory):
-    from titlegen.engines.ct2 import export_model
+    from titlegen.engines.export import export_model
 
     folder = tmp_path_factory.mktemp("export") / "int8"
     export_model(trained_dir, folder, quantization="int8")

@@ -55,9 +55,10 @@ def test_command_line_arguments_override_a_preset():
     arguments = decoding_arguments("beam", num_beams=8, no_repeat_ngram_size=3, top_p=None)
     assert (arguments["num_beams"], arguments["no_repeat_ngram_size"], arguments["top_p"]) == (8, 3, 1.0)
     assert decoding_arguments(None, num_beams=2) == {"num_beams": 2}, "without a preset, only what was given"
-    # titlegen's own setting goes beside transformers' arguments, off in every preset unless asked for.
-    assert decoding_arguments("beam")["article_tokens_only"] is False
+    # titlegen's own guards go beside transformers' arguments: a preset leaves them to the model, unless named.
+    assert "article_tokens_only" not in decoding_arguments("beam") and "no_loops" not in decoding_arguments("greedy")
     assert decoding_arguments("beam", article_tokens_only=True)["article_tokens_only"] is True
+    assert decoding_arguments("greedy", no_loops=False)["no_loops"] is False
 
 
 def test_bad_strategies_and_arguments_are_reported():

@@ -16,7 +16,7 @@ import enum
 import math
 import sys
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
 from pathlib import Path
 from types import MappingProxyType
@@ -164,6 +164,35 @@ def load_config_file(path: str, types: Sequence[type]) -> dict[str, Any]:
     return {key: expand_data_dir(value) for key, value in values.items()}
 
 
+# Training settings that compare evaluations, and their value that turns them off.
+NEEDS_EVALUATION = {"load_best_model_at_end": False, "early_stopping_patience": None}
+
+
+def check_evaluation_needs(values, source: Callable[[str], str]) -> None:
+    """Refuses ``eval_strategy: no`` beside a setting that compares evaluations, naming both and where each is set.
+
+    Without this, transformers reports the first as three lines about save strategies, and the second as an
+    AssertionError of its EarlyStoppingCallback once the model is loaded.
+
+    Args:
+        values: The parsed settings (an argparse namespace); commands without ``eval_strategy`` pass.
+        source: Where a setting was given: ``command line`` or the config file's path.
+    """
+    strategy = getattr(values, "eval_strategy", None)
+    if getattr(strategy, "value", strategy) != "no":
+        return
+    conflicts = [
+        f"{name} {getattr(values, name)} ({source(name)})"
+        for name, off in NEEDS_EVALUATION.items()
+        if hasattr(values, name) and getattr(values, name) != off
+    ]
+    if conflicts:
+        raise TitlegenError(
+            f"{source('eval_strategy')}: eval_strategy 'no' leaves no evaluations for {', '.join(conflicts)} to "
+            f"compare; turn {'them' if len(conflicts) > 1 else 'it'} off as well, or choose an eval_strategy"
+        )
+
+
 def _parser(types: Sequence[type], description: str | None):
     """transformers' HfArgumentParser with titlegen's conventions.
 
@@ -227,11 +256,14 @@ def parse_args(
         # transformers refuses `bf16: true` on a CPU-only machine unless use_cpu is set; setting it
         # there changes nothing else, and keeps bf16 one flag on every machine.
         parser.set_defaults(use_cpu=True)
+    flags = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    check_evaluation_needs(
+        parser.parse_args(argv), lambda name: "command line" if name in flags else known.config or "default"
+    )
     try:
         *instances, _namespace = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=False)
     except ValueError as err:  # raised by the dataclasses' own checks, e.g. TrainingArguments.__post_init__
-        raise TitlegenError(str(err)) from err
-    flags = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+        raise TitlegenError(f"{known.config or 'command line'}: {' '.join(str(err).split())}") from err
     check_ranges(instances, {name: known.config for name in from_file if name not in flags})
     return tuple(instances)
 

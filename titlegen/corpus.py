@@ -1,10 +1,10 @@
 """The real data: where it is (one setting) and how to get it (``titlegen-data``).
 
-The data folder holds ``lcsts/{train,validation,test}.zh-{tw,cn}.jsonl`` (LCSTS PART_II) and
-``adl-news/sample_{test,submission}.jsonl`` (the course's 10 sample articles and titles). It is
-``$TITLEGEN_DATA`` when set; otherwise ``../shared/data`` where that exists (the development machine's
-copy); otherwise the folder ``titlegen-data`` writes by default. Configs name it as ``${TITLEGEN_DATA}``
-in their paths (expanded by `expand_data_dir`), and ``make`` passes its ``DATA`` variable as
+The data folder holds ``lcsts/{train,validation,test}.zh-{tw,cn}.jsonl`` (LCSTS PART_II, with its original
+TSV files in ``lcsts/original/``) and ``adl-news/sample_{test,submission}.jsonl`` (the course's 10 sample
+articles and titles). It is ``$TITLEGEN_DATA`` when set; otherwise ``../shared/data`` where that exists
+(the development machine's copy); otherwise the folder ``titlegen-data`` writes by default. Configs name it
+as ``${TITLEGEN_DATA}`` in their paths (expanded by `expand_data_dir`), and ``make`` passes its ``DATA`` variable as
 ``TITLEGEN_DATA``.
 
 ``titlegen-data`` downloads the original files from pinned commits of their public repositories, refuses
@@ -145,6 +145,9 @@ def download(output_dir: str | Path, source: str | None = None) -> list[Path]:
     for name in ("sample_test.jsonl", "sample_submission.jsonl"):
         atomic_write_bytes(output_dir / "adl-news" / name, originals[name])
         written.append(output_dir / "adl-news" / name)
+    for name in SPLITS.values():  # the checked originals too, as the development copy keeps them (and its tests read)
+        atomic_write_bytes(output_dir / "lcsts" / "original" / f"clge_lcsts_{name}.tsv", originals[f"{name}.tsv"])
+        written.append(output_dir / "lcsts" / "original" / f"clge_lcsts_{name}.tsv")
     try:
         import opencc  # noqa: F401
     except ImportError:

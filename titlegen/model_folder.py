@@ -9,6 +9,9 @@ or damaged part is a `TitlegenError` naming the folder and the file, found befor
 from __future__ import annotations
 
 import dataclasses
+import json
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ MODEL_FILE_PATTERNS = (
     "run_config.yaml",
     "*.safetensors",
     "*.safetensors.index.json",
+    "pytorch_model*.bin",  # the hub's mT5 checkpoints, whole or sharded
+    "pytorch_model.bin.index.json",
     "adapter_config.json",
     "tokenizer*.json",
     "special_tokens_map.json",
@@ -42,8 +47,17 @@ ADAPTER_CONFIG = "adapter_config.json"  # marks a LoRA adapter folder, as peft w
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OFFLINE_HINT = (
     "Without network access, point model_name_or_path at a local folder that holds the model "
-    "(config.json and model.safetensors, e.g. one saved by titlegen-train), or train a model from "
-    "scratch with an offline config such as trainer_args/tiny_offline.yaml."
+    "(config.json and model.safetensors or pytorch_model.bin, e.g. one saved by titlegen-train or downloaded "
+    "from the hub), or train a model from scratch with an offline config such as trainer_args/tiny_offline.yaml."
+)
+# What a hub id looks like ("google/mt5-small", "t5-small"); anything else that names no folder is a missing folder.
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+# The weights files a model folder may hold, in the order transformers prefers them.
+WEIGHTS_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
 )
 
 
@@ -51,17 +65,89 @@ def load_tokenizer(name_or_path: str, cache_dir: str | None = None):
     """Loads a tokenizer by hub id or folder, with an actionable error when it cannot be found."""
     from transformers import AutoTokenizer
 
+    check_model_name(name_or_path, "tokenizer")
     try:
-        return AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, cache_dir=cache_dir)
     except (OSError, ValueError) as err:
         raise TitlegenError(f"cannot load the tokenizer '{name_or_path}': {_reason(err, name_or_path)}") from err
+    return restore_byte_fallback(tokenizer)
+
+
+def check_model_name(name_or_path: str, what: str = "model") -> None:
+    """Refuses a folder that does not exist and an unreadable config.json, naming the folder or file.
+
+    Without this, transformers takes a missing folder for a hub id ("Repo id must be in the form ...") and
+    reports a damaged config.json as a tokenizer error, since the tokenizer's loading reads it first.
+    """
+    path = Path(name_or_path)
+    if not path.exists():
+        if not HUB_ID.fullmatch(name_or_path):
+            raise TitlegenError(f"{name_or_path}: no such {what} folder")
+        return  # a hub id, or a relative folder that is missing: from_pretrained's error says which
+    config = path / "config.json"
+    if not config.is_file():
+        return
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise TitlegenError(f"{config}: not valid JSON ({err})") from None
+    if not isinstance(settings, dict):
+        raise TitlegenError(f"{config}: holds a {type(settings).__name__}, not a JSON object of settings")
+
+
+def restore_byte_fallback(tokenizer):
+    """A tokenizer converted from a byte-fallback SentencePiece model, with its byte fallback back.
+
+    mT5's ``spiece.model`` (as the hub serves it, with no ``tokenizer.json``) spells any character outside
+    its vocabulary as UTF-8 byte pieces. transformers 5.x's ``T5Tokenizer`` rebuilds that model with
+    ``byte_fallback=False`` whenever it is loaded, even from its own ``tokenizer.json``, so such characters
+    become ``<unk>`` and titles lose them. The backend's model and decoder are rebuilt here with byte
+    fallback, as SentencePiece itself encodes and decodes, and returned as the plain tokenizer that titlegen
+    trains (`titlegen.tokenizer`), which saves a ``tokenizer.json`` that loads unchanged.
+
+    Returns:
+        `tokenizer` itself when there is nothing to restore.
+    """
+    from tokenizers import decoders
+    from tokenizers.models import Unigram
+    from transformers import PreTrainedTokenizerFast
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab_file = getattr(tokenizer, "vocab_file", None)
+    if backend is None or not vocab_file or not Path(vocab_file).is_file():
+        return tokenizer
+    spec = json.loads(backend.to_str())
+    if spec["model"]["type"] != "Unigram" or spec["model"].get("byte_fallback") or not _has_byte_fallback(vocab_file):
+        return tokenizer
+    vocab = [(piece, score) for piece, score in spec["model"]["vocab"]]
+    backend.model = Unigram(vocab, unk_id=spec["model"]["unk_id"], byte_fallback=True)
+    backend.decoder = decoders.Sequence([decoders.ByteFallback(), backend.decoder])
+    restored = PreTrainedTokenizerFast(
+        tokenizer_object=backend, model_max_length=tokenizer.model_max_length, **tokenizer.special_tokens_map
+    )
+    restored.name_or_path = tokenizer.name_or_path
+    restored.vocab_file = vocab_file  # the SentencePiece model, which vocabulary pruning rewrites too
+    return restored
+
+
+def _has_byte_fallback(model_file: str | Path) -> bool:
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(Path(model_file).read_bytes())
+    except Exception as err:  # protobuf's DecodeError; a file the tokenizer already read is rarely damaged
+        raise TitlegenError(f"{model_file}: not a SentencePiece model ({err})") from None
+    return proto.trainer_spec.byte_fallback
 
 
 def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: bool = True, **kwargs):
     """Loads a pretrained seq2seq model by hub id or folder, or a LoRA adapter folder with its base model.
 
-    Weights are read from safetensors only, and remote code is never run, so a folder from elsewhere
-    cannot execute code when it is loaded.
+    Weights are read from ``model.safetensors`` or, where a folder has none (the hub's mT5 checkpoints),
+    from ``pytorch_model.bin`` with torch's weights-only unpickler, which builds tensors and plain containers
+    and refuses any other object; remote code is never run. So a folder from elsewhere cannot execute code
+    when it is loaded. Weights that are not finite (a damaged file) are refused.
 
     Args:
         name_or_path: Hub id, model folder, or adapter folder (one with ``adapter_config.json``, as a
@@ -77,14 +163,60 @@ def load_model(name_or_path: str, cache_dir: str | None = None, merge_adapter: b
 
     if (Path(name_or_path) / ADAPTER_CONFIG).is_file():
         return _load_adapter(name_or_path, cache_dir, merge_adapter, **kwargs)
+    check_model_name(name_or_path)
     if Path(name_or_path).exists() and not (Path(name_or_path) / "config.json").is_file():
         raise TitlegenError(f"{name_or_path}: not a model folder (it has no config.json)")
     try:
-        return AutoModelForSeq2SeqLM.from_pretrained(
-            name_or_path, cache_dir=cache_dir, use_safetensors=True, trust_remote_code=False, **kwargs
+        # use_safetensors=None: safetensors where there are any, else the .bin files; weights_only=True is
+        # transformers' default, stated here because the safety of loading a .bin rests on it.
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            name_or_path,
+            cache_dir=cache_dir,
+            use_safetensors=None,
+            weights_only=True,
+            trust_remote_code=False,
+            **kwargs,
         )
+    except pickle.UnpicklingError as err:  # a .bin holding objects other than tensors: never unpickled
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        raise TitlegenError(
+            f"cannot load the model '{name_or_path}': its .bin weights hold objects other than tensors"
+            f"{f' ({found.group(1)})' if found else ''}, which are not loaded because unpickling them could run code"
+        ) from err
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # missing, damaged or mismatched weights
         raise TitlegenError(f"cannot load the model '{name_or_path}': {_reason(err, name_or_path)}") from err
+    check_finite_weights(model, name_or_path)
+    return model
+
+
+def check_finite_weights(model, name_or_path: str) -> None:
+    """Refuses a model with a NaN or infinite weight: a damaged or random weights file, whose titles would be
+    noise. Names the tensor and, for a local folder, the file it came from."""
+    import torch
+
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):
+            raise TitlegenError(
+                f"{_weights_file(name_or_path, name)}: weight {name} holds NaN or infinite values; "
+                "the weights file is damaged"
+            )
+
+
+def _weights_file(name_or_path: str, tensor: str) -> str:
+    """The file of a model folder that holds `tensor` (as far as its index says), else the folder."""
+    folder = Path(name_or_path)
+    for name in WEIGHTS_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if name.endswith(".index.json"):
+            try:
+                shard = json.loads(path.read_text(encoding="utf-8"))["weight_map"].get(tensor)
+            except (ValueError, KeyError, AttributeError):
+                shard = None
+            return str(folder / shard) if shard else str(folder)
+        return str(path)
+    return name_or_path
 
 
 def _load_adapter(adapter_dir: str, cache_dir: str | None, merge: bool, **kwargs):
@@ -144,6 +276,7 @@ def load_model_folder(
         tokenizer_name: A tokenizer folder or hub id to use instead of the model's own.
         **kwargs: Passed to `titlegen.modeling.load_model` (e.g. ``dtype``).
     """
+    check_model_name(name_or_path)  # a missing folder or damaged config.json, named as such
     tokenizer_name = tokenizer_name or name_or_path
     if Path(tokenizer_name).is_dir():
         check_tokenizer_files(Path(tokenizer_name))
@@ -215,4 +348,6 @@ def _first_line(err: Exception) -> str:
 
 def _reason(err: Exception, name_or_path: str) -> str:
     """Why loading failed, in one line; for a name that is no local folder, how to do without the hub."""
-    return _first_line(err) if Path(name_or_path).exists() else f"{_first_line(err)}. {OFFLINE_HINT}"
+    if Path(name_or_path).exists():
+        return _first_line(err)
+    return f"there is no folder '{name_or_path}' and the hub did not serve it ({_first_line(err)}). {OFFLINE_HINT}"

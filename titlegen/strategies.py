@@ -1,9 +1,12 @@
 """Decoding strategies: named presets of generate arguments, and grids of settings to compare.
 
-A preset fixes every decoding argument, starting from transformers' own defaults, so that nothing leaks in
+A preset fixes every search argument, starting from transformers' own defaults, so that nothing leaks in
 from a model's generation_config.json: a model trained with ``generation_num_beams: 4`` still decodes
-greedily under ``greedy``. Any generate argument can be set on top of a preset
-(``decoding_arguments("beam", num_beams=8)``).
+greedily under ``greedy``. The title guards are not search arguments and stay as the model was saved
+(``article_tokens_only``, ``no_loops``; whole characters always hold): a preset changes how titles are
+searched, not what a title may be, so a model trained to copy its article's tokens keeps doing so under
+``beam``. Any generate argument can be set on top of a preset, a guard turned off by name
+(``decoding_arguments("beam", num_beams=8, no_loops=False)``).
 
 A setting of a comparison grid is a mapping with a ``strategy`` and its overrides, e.g.
 ``{"strategy": "top_p", "top_p": 0.5}``; a grid file is a YAML list of them.
@@ -38,9 +41,9 @@ NEUTRAL: dict[str, Any] = {
     "no_repeat_ngram_size": 0,
     "repetition_penalty": 1.0,
     "length_penalty": 1.0,
-    ARTICLE_TOKENS_ONLY: False,
-    NO_LOOPS: False,
 }
+# titlegen's title guards, off where a model's generation config does not say: a preset leaves them as saved.
+GUARDS_OFF: dict[str, Any] = {ARTICLE_TOKENS_ONLY: False, NO_LOOPS: False}
 
 STRATEGIES: dict[str, dict[str, Any]] = {
     # The likeliest token at every step.
@@ -79,7 +82,7 @@ def decoding_arguments(strategy: str | None = None, source: str = "command line"
 
     Args:
         strategy: A name from `STRATEGIES`, or None to set only `overrides` (the model's own
-            generation config then decides the rest).
+            generation config then decides the rest). A preset sets no title guard: the model's own hold.
         source: Where the settings come from, for error messages.
         **overrides: Any ``GenerationConfig`` argument, or ``article_tokens_only``; None values are ignored.
 

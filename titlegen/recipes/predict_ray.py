@@ -55,19 +55,19 @@ def predict_ray(argv: Sequence[str] | None = None) -> int:
     backend = resolve_backend(args.model_name_or_path, args.backend)
     generate_kwargs = decoding_arguments(decoding.strategy, **decoding.generate_arguments())
     trained = trained_settings(args.model_name_or_path, preprocessing)
-    check_local_input(files.input_file, trained["id_column"], trained["text_column"])
+    check_local_input(files.input_file, trained.id_column, trained.text_column)
 
     engine_args = {"model_name_or_path": args.model_name_or_path, "backend": backend, "bf16": args.bf16,
                    "compute_type": args.compute_type, "threads": args.threads}  # fmt: skip
-    options = {"batch_size": args.batch_size, "max_source_length": trained["max_source_length"],
-               "source_prefix": trained["source_prefix"], "seed": args.seed, **generate_kwargs}  # fmt: skip
+    options = {"batch_size": args.batch_size, "max_source_length": trained.max_source_length,
+               "source_prefix": trained.source_prefix, "seed": args.seed, **generate_kwargs}  # fmt: skip
     count = title_corpus(
         files.input_file,
         files.output_file,
         ray_args,
         engine_args,
-        trained["id_column"],
-        trained["text_column"],
+        trained.id_column,
+        trained.text_column,
         options,
     )
     print(f"wrote {count} titles to {files.output_file} (shards in {files.output_file}{SHARDS})")

@@ -17,7 +17,7 @@ from typing import Any
 
 from titlegen import TitlegenError
 from titlegen.data import check_record, json_error
-from titlegen.strategies import decoding_arguments
+from titlegen.strategies import GUARDS_OFF, decoding_arguments
 
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
@@ -157,7 +157,10 @@ def parse_request(body: bytes, rules: RequestRules) -> TitleRequest:
     strategy = value.get("strategy")
     try:
         if strategy is not None:
-            decoding = decoding_arguments(strategy, source="request", **given)
+            # A request's preset replaces the server's search settings, but not the guards its flags set (a server
+            # started with --no_loops false keeps titling without the loop guard), as a preset keeps the model's.
+            guards = {name: value for name, value in rules.overrides.items() if name in GUARDS_OFF}
+            decoding = decoding_arguments(strategy, source="request", **{**guards, **_not_none(given)})
         else:
             strategy = rules.strategy
             decoding = decoding_arguments(strategy, source="request", **{**rules.overrides, **_not_none(given)})

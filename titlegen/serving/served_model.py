@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from titlegen.modeling import count_parameters
-from titlegen.strategies import NEUTRAL
+from titlegen.strategies import GUARDS_OFF, NEUTRAL
 
 
 class DeadlinePassed(Exception):
@@ -76,7 +76,8 @@ class ServedModel:
 
         config = self.engine.generation_config
         # transformers' own default stands for a setting the config leaves unset.
-        decoding = {name: _first_set(getattr(config, name, None), default) for name, default in NEUTRAL.items()}
+        defaults = {**NEUTRAL, **GUARDS_OFF}
+        decoding = {name: _first_set(getattr(config, name, None), default) for name, default in defaults.items()}
         decoding["max_new_tokens"] = config.max_new_tokens
         model = getattr(self.engine, "model", None)  # a CTranslate2 engine holds no torch model to count
         return {
