@@ -3,7 +3,7 @@
 A ``use_lora`` run trains a rank-r update ``B @ A`` beside each chosen linear layer and keeps the
 pretrained weights fixed, so gradients and optimizer state cover megabytes of adapters instead of the
 whole model. It saves only the adapter (``adapter_config.json``, ``adapter_model.safetensors``), with
-the tokenizer and run settings; `titlegen.modeling.load_model` loads such a folder on top of its base
+the tokenizer and run settings; `titlegen.model_folder.load_model` loads such a folder on top of its base
 model, and `merge_adapter` writes the merged plain checkpoint.
 """
 

@@ -274,7 +274,7 @@ def load_model_folder(
         name_or_path: Model folder, adapter folder, or hub id.
         cache_dir: Where downloaded models are cached.
         tokenizer_name: A tokenizer folder or hub id to use instead of the model's own.
-        **kwargs: Passed to `titlegen.modeling.load_model` (e.g. ``dtype``).
+        **kwargs: Passed to `load_model` (e.g. ``dtype``).
     """
     check_model_name(name_or_path)  # a missing folder or damaged config.json, named as such
     tokenizer_name = tokenizer_name or name_or_path
