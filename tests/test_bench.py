@@ -29,6 +29,7 @@ def test_every_setting_trains_and_reports_its_cost(trained_dir):
     assert 0 < trainable["lora"] < trainable["decoder-blocks"] < trainable["decoder"] < total
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_every_part_on_cpu(capsys):
     """The GPU check's smoke mode: every row measured (the 2-process row needs 2 GPUs and says so)."""
     threads = torch.get_num_threads()

@@ -385,6 +385,7 @@ def test_run_sh_decodes_an_export(model_dir, exports, tmp_path):
     assert read_lines(out) == expected
 
 
+@pytest.mark.slow
 def test_run_sh_decodes_an_export_of_a_guarded_model_without_its_guard(trained_dir, tmp_path):
     """The offline model decodes with the loop guard (no_loops), which CTranslate2 cannot apply: README's command
     decodes its export without it, with a warning, as transformers does with ``--no_loops false``."""

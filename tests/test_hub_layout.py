@@ -85,6 +85,7 @@ def test_the_t5_tokenizer_encodes_as_sentencepiece_does(hub_dir):
     assert tokenizer.unk_token_id not in tokenizer(UNSEEN).input_ids, "byte fallback, as in spiece.model"
 
 
+@pytest.mark.slow
 def test_predict_run_sh_and_compare(hub_dir, tmp_path):
     expected = predict(hub_dir, tmp_path / "predict.jsonl")
     env = {**subprocess_env(), "TITLEGEN_MODEL": str(hub_dir), "PYTHON": sys.executable}
@@ -121,6 +122,7 @@ def test_export_and_serve(hub_dir, tmp_path):
     assert [t["title"] for t in response.json()["titles"]] == predict(hub_dir, tmp_path / "served.jsonl")[:3]
 
 
+@pytest.mark.slow
 def test_train_and_rl_save_folders_that_keep_their_tokenizer(hub_dir, tmp_path):
     run = tmp_path / "run"
     args = tiny_train_args(run, "--model_name_or_path", str(hub_dir), *NO_EVAL, "--max_steps", "2",
@@ -143,6 +145,7 @@ def test_train_and_rl_save_folders_that_keep_their_tokenizer(hub_dir, tmp_path):
     assert len(predict(rl, tmp_path / "rl.jsonl")) == len(IDS)
 
 
+@pytest.mark.slow
 def test_lora_merge_and_prune_vocab(hub_dir, tmp_path):
     adapter = tmp_path / "lora"
     args = tiny_train_args(adapter, "--model_name_or_path", str(hub_dir), "--use_lora", "true", "--lora_r", "4",

@@ -23,6 +23,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_titles_a_folder_of_shards_like_predict(local_ray, trained_dir, tmp_path):
     from titlegen.recipes.predict_ray import main, predict_ray
 
