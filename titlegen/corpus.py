@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from titlegen import TitlegenError
@@ -87,6 +85,12 @@ def expand_data_dir(value):
 
 def fetch(name: str, source: str) -> bytes:
     """The bytes of original file `name` from `source` (a URL prefix or a folder), checked against its SHA-256."""
+    # Here, not at the top: every command reads the data folder's location from this module (its settings name
+    # ${TITLEGEN_DATA}), and urllib's import costs each of them more than the rest of titlegen's; only
+    # titlegen-data downloads.
+    import urllib.error
+    import urllib.request
+
     url = source if "://" in source else Path(source).resolve().as_uri() + "/"
     url = url.rstrip("/") + "/" + name
     try:
