@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from titlegen import TitlegenError
 from titlegen.distributed import shut_down
-from titlegen.distributed import wait_for_everyone as barrier
 from titlegen.generation import article_inputs, length_sorted_batches
 
 # A process that finished its share waits for the slowest one in a collective; gloo's default of 30 minutes is
@@ -164,12 +163,6 @@ class Share:
             return None
         merged = {i: t for share in shares for i, t in share.items()}
         return [merged[i] for i in range(self.count)]
-
-
-def wait_for_everyone(launch: Launch) -> None:
-    """Blocks until every process gets here (e.g. until process 0 has written the output)."""
-    if launch.world_size > 1:
-        barrier()
 
 
 def progress_path(output_file: str, launch: Launch) -> str:

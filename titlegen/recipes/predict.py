@@ -31,13 +31,14 @@ from titlegen.arguments import DataArguments, DecodingArguments, GenerationArgum
 from titlegen.backends import resolve_backend
 from titlegen.config import parse_args, settings_from
 from titlegen.data import read_jsonl
+from titlegen.distributed import wait_for_everyone
 from titlegen.engines import start_engine
 from titlegen.lifecycle import run_command
 from titlegen.memory_advice import generation_advice, out_of_memory_advice
 from titlegen.model_folder import model_files, trained_settings
 from titlegen.outputs import check_output_file
 from titlegen.progress import SUFFIX, PredictionProgress, run_fingerprint
-from titlegen.sharding import Share, launched, process_device, process_group, progress_path, wait_for_everyone
+from titlegen.sharding import Share, launched, process_device, process_group, progress_path
 from titlegen.strategies import decoding_arguments
 
 # The preprocessing settings a prediction can override; by default, each is as the model was trained.
@@ -120,7 +121,7 @@ def _title_share(args, output_file, trained, generate_kwargs, records, launch, f
         if titles is not None:
             predictions = [{"title": t, "id": r[id_column]} for t, r in zip(titles, records, strict=True)]
             progress.finish(output_file, predictions)
-        wait_for_everyone(launch)  # a progress file goes only once the output holds its titles
+        wait_for_everyone()  # a progress file goes only once the output holds its titles
         progress.path.unlink(missing_ok=True)
     if launch.is_main:
         print(f"wrote {len(predictions)} titles to {output_file}")

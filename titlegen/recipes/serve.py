@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from titlegen import TitlegenError
-from titlegen.arguments import MAX_NEW_TOKENS, MAX_NUM_BEAMS, DecodingArguments
+from titlegen.arguments import MAX_NEW_TOKENS, MAX_NUM_BEAMS, DataArguments, DecodingArguments
 from titlegen.backends import resolve_backend
 from titlegen.config import parse_args
 from titlegen.engines import start_engine
@@ -133,7 +133,7 @@ def build_app(args, preprocessing, decoding, server_args: ServeArguments):
     )
 
 
-def served_model(args, trained: dict, defaults: dict):
+def served_model(args, trained: DataArguments, defaults: dict):
     """The model a server titles with, started as titlegen-predict starts it (`titlegen.engines.start_engine`).
 
     Args:
